@@ -1,0 +1,451 @@
+"""llama.cpp's allocation rules, as pure functions: what llama-server allocates, per device and kind.
+
+This is the one module that mirrors llama.cpp (the pinned build, scripts/pins.toml). Each rule names its source:
+
+- context sizes ........ src/llama-context.cpp (constructor: n_ctx padding to 256, n_ctx_seq, n_batch/n_ubatch,
+                          n_outputs_max), tools/server/server.cpp (np auto = 4 + kv_unified),
+                          tools/server/server-context.cpp (server_output_limits)
+- weights per device ... src/llama-model.cpp (load_tensors: i_gpu_start, splits, dev_input on CPU, mmap ranges via
+                          src/llama-model-loader.cpp get_mapping_range), ggml/src/ggml-backend.cpp (buffer plan:
+                          PAD(alloc_size, alignment) per tensor), ggml/src/ggml-cuda/ggml-cuda.cu (alloc_size row pad),
+                          ggml/src/ggml-cpu/repack.cpp (which weights go to CPU_REPACK)
+- KV cache ............. src/llama-kv-cache.cpp (tensors [n_embd_k_gqa, kv_size, n_stream], v_trans padding),
+                          src/llama-kv-cache-iswa.cpp (SWA cache size), src/llama-memory-recurrent.cpp (R/S state)
+- output buffer ........ src/llama-context.cpp output_reserve (logits n_vocab × n_seq_max × f32, host memory)
+- compute buffer ....... src/llama-context.cpp sched_reserve + src/llama-graph.cpp; see `compute_bytes` for the
+                          model we use (a closed form calibrated on measured runs, not an allocator simulation)
+
+No I/O here: callers pass the ModelSpec and resolved parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from .errors import ArgsError
+from .gguf import GGML_QUANT_SIZES, row_bytes, type_from_name
+from .model import ModelSpec
+
+MiB = 1024 * 1024
+CPU = "CPU"
+
+# ggml_backend_buft_get_alignment: TENSOR_ALIGNMENT on CPU (ggml-cpu), 128 on CUDA/HIP (ggml-cuda.cu).
+CPU_ALIGNMENT = 32
+CUDA_ALIGNMENT = 128
+MATRIX_ROW_PADDING = 512  # ggml-cuda/common.cuh: quantized rows padded to a multiple of this on CUDA/HIP
+
+KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")  # common/arg.cpp
+
+# ggml-cpu/repack.cpp ggml_repack_get_optimal_repack_type on x86 with AVX2 (type -> ne1 multiple);
+# AVX-512 adds Q2_K. ARM rules differ (NEON dotprod/i8mm) and are listed separately.
+REPACK_X86_AVX2 = {"q4_0": 8, "q4_k": 8, "iq4_nl": 8, "mxfp4": 8}
+REPACK_X86_AVX512 = {**REPACK_X86_AVX2, "q2_k": 8}
+REPACK_ARM_I8MM = {"q4_0": 4, "q4_k": 8, "q5_k": 8, "q6_k": 8, "iq4_nl": 4, "mxfp4": 4, "q8_0": 4}
+# weights read with GGML_OP_GET_ROWS, never by a matmul, so never repacked
+_GET_ROWS_ONLY = ("token_embd.", "token_types.", "position_embd.", "per_layer_token_embd.")
+
+
+@dataclass(frozen=True)
+class Device:
+    """An accelerator llama.cpp offloads to, named as llama.cpp prints it (CUDA0, ROCm0, Vulkan0...)."""
+
+    name: str
+    free_bytes: int | None = None  # used for the default layer split (by free memory) and by the planner
+
+    @property
+    def alignment(self) -> int:
+        return CUDA_ALIGNMENT
+
+    @property
+    def pads_quant_rows(self) -> bool:
+        return self.name.startswith(("CUDA", "ROCm"))
+
+    @property
+    def host_buffer(self) -> str:
+        return f"{self.name.rstrip('0123456789')}_Host"
+
+
+@dataclass(frozen=True)
+class Params:
+    """llama-server's memory-relevant settings, resolved to what the pinned build will use."""
+
+    n_ctx: int = 0  # requested -c (0 = the model's n_ctx_train)
+    n_parallel: int = -1  # -np (-1 = auto: 4 slots with a unified KV cache)
+    kv_unified: bool | None = None  # None = llama-server default (on only when np is auto)
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    flash_attn: str = "auto"  # on | off | auto
+    n_gpu_layers: int = -1  # -1 auto, -2 all, else a count that includes the output layer
+    swa_full: bool = False
+    repack: bool = True
+    mmap: bool = True
+    offload_kqv: bool = True
+    fit: bool = True
+    tensor_split: tuple[float, ...] | None = None
+    embeddings: bool = False
+    devices: tuple[Device, ...] = ()
+    cpu_repack: dict[str, int] = field(default_factory=lambda: dict(REPACK_X86_AVX2))
+
+    def resolved(self) -> "Params":
+        """Apply llama-server's defaults (server.cpp: np auto → 4 slots, kv_unified=true)."""
+        p = self
+        if p.n_parallel < 0:
+            p = replace(p, n_parallel=4, kv_unified=True if p.kv_unified is None else p.kv_unified)
+        if p.kv_unified is None:
+            p = replace(p, kv_unified=False)
+        for name in (p.cache_type_k, p.cache_type_v):
+            if name not in KV_TYPES:
+                raise ArgsError(f"unsupported KV cache type {name!r} (allowed: {', '.join(KV_TYPES)})")
+        if p.flash_attn not in ("on", "off", "auto"):
+            raise ArgsError(f"--flash-attn must be on, off or auto, not {p.flash_attn!r}")
+        if p.n_batch < 1 or p.n_ubatch < 1:
+            raise ArgsError("batch sizes must be positive")
+        return p
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["devices"] = [dev.name for dev in self.devices]
+        d.pop("cpu_repack")
+        return d
+
+
+@dataclass(frozen=True)
+class Buffer:
+    device: str  # CPU, CUDA0, ...
+    kind: str  # model | kv | compute | output
+    bytes: int
+    name: str = ""  # llama.cpp's buffer name (CPU_Mapped, CPU_REPACK, CUDA0, CUDA_Host...)
+    detail: str = ""  # e.g. "non-SWA 8192 cells 3 layers"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "kind": self.kind, "bytes": self.bytes, "name": self.name,
+                "detail": self.detail}
+
+
+@dataclass
+class Estimate:
+    spec: ModelSpec
+    params: Params  # resolved
+    n_ctx: int  # after padding (llama_context n_ctx)
+    n_ctx_seq: int
+    n_batch: int
+    n_ubatch: int
+    n_outputs_max: int
+    flash_attn: bool
+    kv_cells: int
+    swa_cells: int
+    n_gpu_layers: int  # resolved count (0..n_layer+1)
+    layer_device: list[str]  # per block
+    output_device: str
+    buffers: list[Buffer]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(b.bytes for b in self.buffers)
+
+    def device_bytes(self, device: str) -> int:
+        return sum(b.bytes for b in self.buffers if b.device == device)
+
+    def kind_bytes(self, kind: str, device: str | None = None) -> int:
+        return sum(b.bytes for b in self.buffers if b.kind == kind and (device is None or b.device == device))
+
+
+def pad(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def is_quantized(type_name: str) -> bool:
+    return GGML_QUANT_SIZES[type_from_name(type_name)][0] > 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Context sizes (src/llama-context.cpp constructor)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def context_sizes(spec: ModelSpec, p: Params) -> tuple[int, int, int, int, int]:
+    """(n_ctx, n_ctx_seq, n_batch, n_ubatch, n_outputs_max) as llama_context computes them."""
+    n_ctx = p.n_ctx if p.n_ctx > 0 else spec.n_ctx_train
+    n_ctx = pad(n_ctx, 256)
+    n_seq = p.n_parallel
+    if p.kv_unified:
+        n_ctx_seq = n_ctx
+    else:
+        n_ctx_seq = pad(n_ctx // n_seq, 256)
+        n_ctx = n_ctx_seq * n_seq
+    n_batch = min(n_ctx, p.n_batch)  # causal attention
+    n_ubatch = min(n_batch, p.n_ubatch)
+    # server-context.cpp server_output_limits: min(n_batch, n_parallel × (1 + draft)), at least 1
+    n_outputs_max = n_batch if p.embeddings else max(1, min(n_batch, n_seq))
+    return n_ctx, n_ctx_seq, n_batch, n_ubatch, n_outputs_max
+
+
+def resolve_ngl(spec: ModelSpec, p: Params) -> int:
+    """llama_model::n_gpu_layers: negative means all blocks + the output layer; none without devices."""
+    if not p.devices:
+        return 0
+    n = p.n_gpu_layers
+    return spec.n_layer + 1 if n < 0 else min(n, spec.n_layer + 1)
+
+
+def layer_devices(spec: ModelSpec, p: Params, ngl: int) -> tuple[list[str], str]:
+    """Device of each block and of the output layer (load_tensors: i_gpu_start, splits by free memory)."""
+    devs = p.devices
+    n_all = spec.n_layer
+    if not devs or ngl <= 0:
+        return [CPU] * n_all, CPU
+    if p.tensor_split and any(x > 0 for x in p.tensor_split):
+        weights = list(p.tensor_split) + [0.0] * (len(devs) - len(p.tensor_split))
+    else:
+        weights = [float(d.free_bytes or 1) for d in devs]
+    total, splits = 0.0, []
+    for w in weights[: len(devs)]:
+        total += w
+        splits.append(total)
+    splits = [s / total for s in splits]
+    i_gpu_start = max(n_all + 1 - ngl, 0)
+    act = min(ngl, n_all + 1)
+
+    def dev_of(il: int) -> str:
+        if il < i_gpu_start or il - i_gpu_start >= act:
+            return CPU
+        x = float(il - i_gpu_start) / act
+        idx = next((i for i, s in enumerate(splits) if s > x), len(devs) - 1)  # std::upper_bound
+        return devs[idx].name
+
+    return [dev_of(il) for il in range(n_all)], dev_of(n_all)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Weights (src/llama-model.cpp load_tensors)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _alloc_size(dev: Device | None, type_name: str, nbytes: int, ne0: int) -> int:
+    """ggml_backend_buft_get_alloc_size, padded to the buffer alignment."""
+    if dev is None:
+        return pad(nbytes, CPU_ALIGNMENT)
+    size = nbytes
+    if dev.pads_quant_rows and is_quantized(type_name) and ne0 % MATRIX_ROW_PADDING:
+        size += row_bytes(type_from_name(type_name), MATRIX_ROW_PADDING - ne0 % MATRIX_ROW_PADDING)
+    return pad(size, dev.alignment)
+
+
+def _repackable(name: str, type_name: str, shape: tuple[int, ...], rules: dict[str, int]) -> bool:
+    if name.startswith(_GET_ROWS_ONLY) or len(shape) not in (2, 3) or type_name not in rules:
+        return False
+    return shape[1] % rules[type_name] == 0
+
+
+def model_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], output_dev: str) -> list[Buffer]:
+    devs = {d.name: d for d in p.devices}
+    gpu_bytes: dict[str, int] = {}
+    cpu_ranges: dict[int, list[int]] = {}  # file index -> [first, last] absolute offsets (mmap)
+    cpu_alloc = 0  # CPU bytes when not memory-mapped
+    repack = 0
+    for t, li in zip(spec.tensors, spec.tensor_layer):
+        if spec.n_layer_nextn and spec.n_layer - spec.n_layer_nextn <= li < spec.n_layer:
+            continue  # NextN/MTP tensors are skipped unless an MTP context is requested
+        dev = CPU if li < 0 else (output_dev if li >= spec.n_layer else layer_dev[li])
+        tname = t.type_name
+        if dev != CPU:
+            gpu_bytes[dev] = gpu_bytes.get(dev, 0) + _alloc_size(devs[dev], tname, t.nbytes, t.shape[0])
+            continue
+        if p.repack and _repackable(t.name, tname, t.shape, p.cpu_repack):
+            repack += pad(t.nbytes, CPU_ALIGNMENT)
+            continue
+        if p.mmap:
+            start = spec.data_offsets[t.file_index] + t.offset
+            r = cpu_ranges.setdefault(t.file_index, [start, start + t.nbytes])
+            r[0], r[1] = min(r[0], start), max(r[1], start + t.nbytes)
+        else:
+            cpu_alloc += pad(t.nbytes, CPU_ALIGNMENT)
+    # A tied output (no output.weight) is token_embd duplicated onto the output layer's device.
+    if spec.tied_output:
+        emb = next((t for t in spec.tensors if t.name == "token_embd.weight"), None)
+        if emb is not None:
+            if output_dev != CPU:
+                d = devs[output_dev]
+                gpu_bytes[output_dev] = gpu_bytes.get(output_dev, 0) + _alloc_size(d, emb.type_name, emb.nbytes,
+                                                                                   emb.shape[0])
+            elif p.repack and _repackable("output.weight", emb.type_name, emb.shape, p.cpu_repack):
+                repack += pad(emb.nbytes, CPU_ALIGNMENT)
+            elif not p.mmap:
+                cpu_alloc += pad(emb.nbytes, CPU_ALIGNMENT)
+    out: list[Buffer] = []
+    for dev in p.devices:
+        if gpu_bytes.get(dev.name):
+            out.append(Buffer(dev.name, "model", gpu_bytes[dev.name], dev.name))
+    for idx in sorted(cpu_ranges):
+        first, last = cpu_ranges[idx]
+        out.append(Buffer(CPU, "model", last - first, "CPU_Mapped", f"file {idx + 1}" if idx else ""))
+    if cpu_alloc:
+        out.append(Buffer(CPU, "model", cpu_alloc, "CPU"))
+    if repack:
+        out.append(Buffer(CPU, "model", repack, "CPU_REPACK"))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# KV cache and recurrent state (src/llama-kv-cache.cpp, src/llama-kv-cache-iswa.cpp, src/llama-memory-recurrent.cpp)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def swa_cells(spec: ModelSpec, p: Params, kv_size: int, n_ubatch: int) -> int:
+    """llama_kv_cache_iswa: GGML_PAD(min(size_base, n_swa × (unified ? n_seq_max : 1) + n_ubatch), 256)."""
+    if p.swa_full:
+        return kv_size
+    return pad(min(kv_size, spec.n_swa * (p.n_parallel if p.kv_unified else 1) + n_ubatch), 256)
+
+
+def _kv_cache(spec: ModelSpec, p: Params, layers: list[int], kv_size: int, v_trans: bool, layer_dev: list[str],
+              label: str) -> list[Buffer]:
+    devs = {d.name: d for d in p.devices}
+    n_stream = 1 if p.kv_unified else p.n_parallel
+    tk, tv = type_from_name(p.cache_type_k), type_from_name(p.cache_type_v)
+    bk, bv = GGML_QUANT_SIZES[tk][0], GGML_QUANT_SIZES[tv][0]
+    v_max = spec.n_embd_v_gqa_max()
+    per_dev: dict[str, int] = {}
+    for il in layers:
+        dev_name = layer_dev[il] if p.offload_kqv else CPU
+        dev = devs.get(dev_name)
+        k_w = spec.n_embd_k_gqa(il)
+        v_w = v_max if v_trans else spec.n_embd_v_gqa(il)
+        if k_w % bk:
+            raise ArgsError(f"K cache type {p.cache_type_k} needs the K width ({k_w}) to divide by {bk}")
+        size = _alloc_size(dev, p.cache_type_k, row_bytes(tk, k_w) * kv_size * n_stream, k_w)
+        if not spec.is_mla:
+            if v_w % bv:
+                raise ArgsError(f"V cache type {p.cache_type_v} needs the V width ({v_w}) to divide by {bv}")
+            size += _alloc_size(dev, p.cache_type_v, row_bytes(tv, v_w) * kv_size * n_stream, v_w)
+        per_dev[dev_name] = per_dev.get(dev_name, 0) + size
+    order = [d.name for d in p.devices] + [CPU]
+    return [Buffer(d, "kv", per_dev[d], d, f"{label}{kv_size} cells {sum(1 for il in layers if (layer_dev[il] if p.offload_kqv else CPU) == d)} layers")
+            for d in order if per_dev.get(d)]
+
+
+def kv_buffers(spec: ModelSpec, p: Params, kv_size: int, n_ubatch: int, flash_attn: bool,
+               layer_dev: list[str]) -> tuple[list[Buffer], int]:
+    """All KV/recurrent buffers, and the SWA cache size (0 without SWA)."""
+    v_trans = not (p.flash_attn in ("on", "auto"))  # decided before auto-FA is resolved (llama-context.cpp)
+    kv_layers = [il for il in range(spec.n_layer) if spec.has_kv[il]]
+    out: list[Buffer] = []
+    n_swa_cells = 0
+    if spec.swa_type != "none":
+        n_swa_cells = swa_cells(spec, p, kv_size, n_ubatch)
+        base = [il for il in kv_layers if not spec.is_swa[il]]
+        swa = [il for il in kv_layers if spec.is_swa[il]]
+        if base:
+            out += _kv_cache(spec, p, base, kv_size, v_trans, layer_dev, "non-SWA ")
+        if swa:
+            out += _kv_cache(spec, p, swa, n_swa_cells, v_trans, layer_dev, "SWA ")
+    elif kv_layers:
+        out += _kv_cache(spec, p, kv_layers, kv_size, v_trans, layer_dev, "")
+    rec = [il for il in range(spec.n_layer) if spec.is_recurrent[il]]
+    if rec:
+        rows = max(1, p.n_parallel)
+        per_dev: dict[str, int] = {}
+        for il in rec:
+            d = layer_dev[il] if p.offload_kqv else CPU
+            dev = {x.name: x for x in p.devices}.get(d)
+            size = _alloc_size(dev, "f32", 4 * spec.n_embd_r * rows, spec.n_embd_r)
+            size += _alloc_size(dev, "f32", 4 * spec.n_embd_s * rows, spec.n_embd_s)
+            per_dev[d] = per_dev.get(d, 0) + size
+        out += [Buffer(d, "kv", b, d, f"recurrent {len(rec)} layers") for d, b in per_dev.items()]
+    return out, n_swa_cells
+
+
+def kv_bytes_per_cell(spec: ModelSpec, type_k: str, type_v: str) -> float:
+    """Bytes one context cell costs in the full-attention layers (the part that grows with -c)."""
+    tk, tv = type_from_name(type_k), type_from_name(type_v)
+    total = 0.0
+    for il in range(spec.n_layer):
+        if not spec.has_kv[il] or (spec.swa_type != "none" and spec.is_swa[il]):
+            continue
+        total += row_bytes(tk, spec.n_embd_k_gqa(il))
+        if not spec.is_mla:
+            total += row_bytes(tv, spec.n_embd_v_gqa(il))
+    return total
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output buffer (llama_context::output_reserve) and compute buffer (sched_reserve)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def output_bytes(spec: ModelSpec, p: Params) -> int:
+    """Logits for max(n_outputs, n_seq_max) rows, f32 (plus embeddings when enabled); host memory."""
+    n = p.n_parallel
+    return 4 * (spec.n_vocab * n + (spec.n_embd * n if p.embeddings else 0))
+
+
+def compute_bytes(spec: ModelSpec, n_kv: int, n_kv_swa: int, n_tokens: int, n_outputs: int, flash_attn: bool,
+                  n_seqs: int) -> int:
+    """The CPU compute buffer of a full-CPU run: a closed form of the ggml-alloc peak of the pp graph.
+
+    The graph (src/llama-graph.cpp) keeps these alive at its peak: the inputs (token ids, positions, the KQ masks
+    [n_kv, n_tokens] f16 with FA / f32 without, one per cache), the residual stream and the layer's largest
+    intermediate, which is one of: the attention scores without FA (f32 [n_kv, n_tokens, n_head]), the FFN
+    activations (gate + up, f32 [n_ff, n_tokens]; MoE: per used expert), or the output (logits f32
+    [n_vocab, n_outputs] + normed input). See tests/data/compute_points.json for the measured calibration.
+    """
+    E = spec.n_embd
+    n_head = max(spec.n_head) if spec.n_head else 0
+    head_k = max(spec.head_k, spec.head_k_swa)
+    head_v = max(spec.head_v, spec.head_v_swa)
+    n_ff = max(spec.n_ff) if spec.n_ff else 0
+    # inputs
+    mask_el = 2 if flash_attn else 4
+    masks = pad(n_kv * pad(n_tokens, 64 if flash_attn else 1) * mask_el, CPU_ALIGNMENT)
+    if n_kv_swa:
+        masks += pad(n_kv_swa * pad(n_tokens, 64 if flash_attn else 1) * mask_el, CPU_ALIGNMENT)
+    inputs = masks + 8 * n_tokens + 4 * n_tokens * E
+    resid = 4 * n_tokens * E
+    q = 4 * n_tokens * n_head * head_k
+    if flash_attn:
+        attn = q + 4 * n_tokens * n_head * head_v
+    else:
+        attn = q + 4 * n_kv * n_tokens * n_head + 4 * n_tokens * n_head * head_v
+    if spec.is_moe:
+        n_ff_exp = n_ff
+        ffn = 4 * n_tokens * spec.n_expert_used * n_ff_exp * 2 + 4 * n_tokens * spec.n_expert * 2
+    else:
+        ffn = 4 * n_tokens * n_ff * 2
+    layer_peak = resid + max(attn, ffn)
+    out_peak = 4 * spec.n_vocab * n_outputs + 4 * n_tokens * E
+    return inputs + max(layer_peak, out_peak)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The whole estimate
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def estimate(spec: ModelSpec, params: Params) -> Estimate:
+    p = params.resolved()
+    n_ctx, n_ctx_seq, n_batch, n_ubatch, n_outputs_max = context_sizes(spec, p)
+    fa = p.flash_attn in ("on", "auto")  # auto resolves to on for every backend/head size we model
+    if not fa and (is_quantized(p.cache_type_v)):
+        raise ArgsError("a quantized V cache needs flash attention (llama.cpp refuses -ctv "
+                        f"{p.cache_type_v} with -fa off)")
+    ngl = resolve_ngl(spec, p)
+    layer_dev, out_dev = layer_devices(spec, p, ngl)
+    buffers = model_buffers(spec, p, layer_dev, out_dev)
+    kv, n_swa_cells = kv_buffers(spec, p, n_ctx_seq, n_ubatch, fa, layer_dev)
+    buffers += kv
+    host = CPU if out_dev == CPU else next(d.host_buffer for d in p.devices if d.name == out_dev)
+    buffers.append(Buffer(CPU, "output", output_bytes(spec, p), host))
+    n_tokens = min(n_ctx, n_ubatch)
+    compute = compute_bytes(spec, n_ctx_seq, n_swa_cells, n_tokens, min(n_tokens, n_outputs_max), fa, p.n_parallel)
+    buffers.append(Buffer(CPU, "compute", compute, CPU))
+    notes: list[str] = []
+    if p.devices:
+        notes.append("GPU compute buffers are not modelled yet; the compute figure is the CPU-run closed form")
+    if p.fit and p.n_ctx <= 0:
+        notes.append("-c unset with --fit on: llama-server may lower the context to fit free memory")
+    return Estimate(spec, p, n_ctx, n_ctx_seq, n_batch, n_ubatch, n_outputs_max, fa, n_ctx_seq, n_swa_cells, ngl,
+                    layer_dev, out_dev, buffers, notes)

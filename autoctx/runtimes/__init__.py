@@ -1,0 +1,1 @@
+"""Runtimes autoctx plans for and launches."""

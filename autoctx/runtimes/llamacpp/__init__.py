@@ -1,0 +1,1 @@
+"""llama.cpp: argument parsing, log parsing, launching llama-server."""

@@ -1,0 +1,193 @@
+"""Parse what llama-server says it allocated: buffer lines, KV summaries, offload counts, breakdown tables.
+
+Format strings (pinned build; older builds use the `llama_` prefix where this one says `common_`):
+  src/llama-model.cpp        "%s: %12s model buffer size = %8.2f MiB"      (load_tensors)
+                             "%s: offloaded %d/%d layers to GPU"
+  src/llama-context.cpp      "%s: %10s  output buffer size = %8.2f MiB"    (llama_context)
+                             "%s: %10s compute buffer size = %8.2f MiB"    (sched_reserve)
+                             "%s: n_ctx = %u" and friends
+  src/llama-kv-cache.cpp     "%s: %10s KV buffer size = %8.2f MiB"         (llama_kv_cache)
+                             "%s: size = %7.2f MiB (%6u cells, %3d layers, %2u/%u seqs), K (%s): ..., V (%s): ..."
+  src/llama-kv-cache-iswa.cpp "creating non-SWA KV cache, size = %u cells" / "creating     SWA KV cache, ..."
+  src/llama-memory-recurrent.cpp "%s: %10s RS buffer size = %8.2f MiB"
+  common/fit.cpp             "| <dev> | total = free + (self = model + context + compute) + unaccounted |" rows,
+                             and with --log-jsonl a {"type": "fit_memory_breakdown"} object per measurement.
+Lines may carry a timestamp/level prefix; every pattern is searched anywhere in the line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+MiB = 1024 * 1024
+
+_BUF = re.compile(
+    r"(?P<fn>load_tensors|llama_context|llama_kv_cache|sched_reserve|llama_memory_recurrent|graph_reserve)\w*:\s+"
+    r"(?P<name>\S+)\s+(?P<what>model|output|KV|compute|RS) buffer size =\s*(?P<mib>[0-9.]+) MiB"
+)
+_KIND = {"model": "model", "output": "output", "KV": "kv", "RS": "kv", "compute": "compute"}
+_KV_SUMMARY = re.compile(
+    r"llama_kv_cache: size =\s*(?P<mib>[0-9.]+) MiB \(\s*(?P<cells>\d+) cells,\s*(?P<layers>\d+) layers,\s*"
+    r"(?P<seqs>\d+)/(?P<streams>\d+) seqs\), K \((?P<tk>\w+)\):\s*(?P<k>[0-9.]+) MiB, V \((?P<tv>\w+)\):\s*"
+    r"(?P<v>[0-9.]+) MiB"
+)
+_ISWA = re.compile(r"creating\s+(?P<which>non-SWA|SWA) KV cache, size = (?P<cells>\d+) cells")
+_OFFLOADED = re.compile(r"offloaded (?P<n>\d+)/(?P<m>\d+) layers to GPU")
+_CPARAM = re.compile(r"llama_context: (?P<key>n_seq_max|n_ctx|n_ctx_seq|n_batch|n_ubatch|flash_attn|kv_unified"
+                     r"|n_outputs_max)\s+= (?P<val>\S+)")
+_BREAKDOWN_ROW = re.compile(
+    r"(?:common|llama)_memory_breakdown_print: \|\s*-?\s*(?P<dev>.+?)\s*\|\s*(?P<total>\d+)\s*=\s*(?P<free>\d+)\s*"
+    r"\+\s*\(\s*(?P<self>\d+)\s*=\s*(?P<model>\d+)\s*\+\s*(?P<context>\d+)\s*\+\s*(?P<compute>\d+)\s*\)\s*\+\s*"
+    r"(?P<unacc>-?\d+)\s*\|"
+)
+_BREAKDOWN_HOST = re.compile(
+    r"(?:common|llama)_memory_breakdown_print: \|\s*-?\s*(?P<dev>.+?)\s*\|\s*(?P<self>\d+)\s*=\s*(?P<model>\d+)\s*"
+    r"\+\s*(?P<context>\d+)\s*\+\s*(?P<compute>\d+)\s*\|"
+)
+OOM_PATTERNS = (
+    re.compile(r"failed to allocate (?:\S+ )?buffer"),
+    re.compile(r"unable to allocate \S+ buffer"),
+    re.compile(r"out of memory", re.I),
+    re.compile(r"cudaMalloc failed"),
+    re.compile(r"ErrorOutOfDeviceMemory"),
+    re.compile(r"failed to allocate compute (?:pp |tg )?buffers"),
+    re.compile(r"failed to allocate buffer for kv cache"),
+    re.compile(r"std::bad_alloc"),
+)
+
+
+def buffer_device(name: str) -> str:
+    """Device a llama.cpp buffer name lives on: CPU_Mapped/CPU_REPACK/CUDA_Host → CPU, CUDA0 → CUDA0."""
+    if name.startswith("CPU") or name.endswith("_Host"):
+        return "CPU"
+    return name.split("_")[0]
+
+
+@dataclass(frozen=True)
+class LoggedBuffer:
+    device: str
+    kind: str  # model | kv | compute | output
+    name: str  # as printed (CPU_Mapped, CUDA0, ...)
+    mib: float  # as printed, 2 decimals
+    source: str  # the function that printed it (load_tensors, llama_kv_cache, ...)
+
+    @property
+    def bytes(self) -> int:
+        return round(self.mib * MiB)
+
+
+@dataclass(frozen=True)
+class KVSummary:
+    mib: float
+    cells: int
+    layers: int
+    seqs: int
+    streams: int
+    type_k: str
+    type_v: str
+    k_mib: float
+    v_mib: float
+
+
+@dataclass(frozen=True)
+class BreakdownRow:
+    device: str
+    total: int | None  # MiB; None for host rows
+    free: int | None
+    self_: int
+    model: int
+    context: int
+    compute: int
+    unaccounted: int | None
+
+
+@dataclass
+class ServerLog:
+    buffers: list[LoggedBuffer] = field(default_factory=list)
+    kv_caches: list[KVSummary] = field(default_factory=list)
+    iswa_cells: dict[str, int] = field(default_factory=dict)  # "non-SWA"/"SWA" -> cells
+    offloaded: tuple[int, int] | None = None
+    cparams: dict[str, str] = field(default_factory=dict)
+    breakdown: list[BreakdownRow] = field(default_factory=list)
+    oom: list[str] = field(default_factory=list)
+
+    def mib(self, kind: str, device: str | None = None) -> float:
+        return round(sum(b.mib for b in self.buffers if b.kind == kind and (device is None or b.device == device)), 2)
+
+    def devices(self) -> list[str]:
+        seen: list[str] = []
+        for b in self.buffers:
+            if b.device not in seen:
+                seen.append(b.device)
+        return seen
+
+
+def _jsonl_breakdown(line: str) -> list[BreakdownRow]:
+    try:
+        obj = json.loads(line[line.index("{"):])
+    except (ValueError, json.JSONDecodeError):
+        return []
+    if not isinstance(obj, dict) or obj.get("type") != "fit_memory_breakdown":
+        return []
+    rows = []
+    for r in obj.get("data", {}).get("rows", []):
+        host = r.get("kind") == "host"
+        rows.append(BreakdownRow(
+            device=str(r.get("name", "")), total=None if host else r.get("total"), free=None if host else r.get("free"),
+            self_=int(r.get("self", 0)), model=int(r.get("model", 0)), context=int(r.get("context", 0)),
+            compute=int(r.get("compute", 0)), unaccounted=None if host else r.get("unaccounted"),
+        ))
+    return rows
+
+
+def parse_server_log(text: str) -> ServerLog:
+    """Everything llama-server's log says about memory. Unknown lines are ignored."""
+    log = ServerLog()
+    for line in text.splitlines():
+        if "buffer size" in line:
+            m = _BUF.search(line)
+            if m:
+                name = m["name"]
+                log.buffers.append(LoggedBuffer(buffer_device(name), _KIND[m["what"]], name, float(m["mib"]), m["fn"]))
+                continue
+        if "llama_kv_cache: size" in line:
+            m = _KV_SUMMARY.search(line)
+            if m:
+                log.kv_caches.append(KVSummary(float(m["mib"]), int(m["cells"]), int(m["layers"]), int(m["seqs"]),
+                                               int(m["streams"]), m["tk"], m["tv"], float(m["k"]), float(m["v"])))
+                continue
+        if "KV cache, size" in line:
+            m = _ISWA.search(line)
+            if m:
+                log.iswa_cells[m["which"]] = int(m["cells"])
+                continue
+        if "layers to GPU" in line:
+            m = _OFFLOADED.search(line)
+            if m:
+                log.offloaded = (int(m["n"]), int(m["m"]))
+                continue
+        if line.lstrip().startswith("{") or '"fit_memory_breakdown"' in line:
+            log.breakdown += _jsonl_breakdown(line)
+            continue
+        if "memory_breakdown_print" in line:
+            m = _BREAKDOWN_ROW.search(line)
+            if m:
+                log.breakdown.append(BreakdownRow(m["dev"], int(m["total"]), int(m["free"]), int(m["self"]),
+                                                  int(m["model"]), int(m["context"]), int(m["compute"]),
+                                                  int(m["unacc"])))
+                continue
+            m = _BREAKDOWN_HOST.search(line)
+            if m and m["dev"].strip().lower() not in ("memory breakdown [mib]",):
+                log.breakdown.append(BreakdownRow(m["dev"], None, None, int(m["self"]), int(m["model"]),
+                                                  int(m["context"]), int(m["compute"]), None))
+                continue
+        if "llama_context:" in line:
+            m = _CPARAM.search(line)
+            if m:
+                log.cparams.setdefault(m["key"], m["val"])
+                continue
+        if any(p.search(line) for p in OOM_PATTERNS):
+            log.oom.append(line.strip())
+    return log
