@@ -383,41 +383,68 @@ def output_bytes(spec: ModelSpec, p: Params) -> int:
     return 4 * (spec.n_vocab * n + (spec.n_embd * n if p.embeddings else 0))
 
 
-def compute_bytes(spec: ModelSpec, n_kv: int, n_kv_swa: int, n_tokens: int, n_outputs: int, flash_attn: bool,
-                  n_seqs: int) -> int:
-    """The CPU compute buffer of a full-CPU run: a closed form of the ggml-alloc peak of the pp graph.
+# Per-family extra live tensors at the peak, in units of the K/V width (n_head_kv × head_dim) for attention and
+# of n_embd for the FFN. Measured on the pinned build (tests/data/compute_points.json): Gemma 2/3 keep three more
+# KV-width tensors alive in the eager attention (q/k norms, the f32 copy of V); Cohere runs attention and FFN in
+# parallel from one normed input (one more n_embd row at the FFN peak and two more KV widths in attention).
+_ATTN_EXTRA_KV = {"gemma2": 3, "gemma3": 3, "gemma3n": 3, "cohere2": 2, "command-r": 2}
+_FFN_EXTRA_E = {"cohere2": 1, "command-r": 1}
 
-    The graph (src/llama-graph.cpp) keeps these alive at its peak: the inputs (token ids, positions, the KQ masks
-    [n_kv, n_tokens] f16 with FA / f32 without, one per cache), the residual stream and the layer's largest
-    intermediate, which is one of: the attention scores without FA (f32 [n_kv, n_tokens, n_head]), the FFN
-    activations (gate + up, f32 [n_ff, n_tokens]; MoE: per used expert), or the output (logits f32
-    [n_vocab, n_outputs] + normed input). See tests/data/compute_points.json for the measured calibration.
+
+def compute_peak_floats(spec: ModelSpec, n_kv: int, n_tokens: int, n_outputs: int, flash_attn: bool) -> dict[str, int]:
+    """Candidate peaks of the prompt-processing graph, in f32 elements (the buffer is 4 × the largest + inputs).
+
+    Each term is a set of tensors that ggml-alloc keeps alive together (src/llama-graph.cpp, src/models/*.cpp):
+      ffn:     gate, up and the activated product [n_ff, T] plus ~5 rows of n_embd (residual, normed input,
+               output, the next residual) — 3·F + 5·E per token; MoE: F = expert width × experts used.
+      moe:     the routed experts' outputs before the weighted sum, [n_embd, n_used, T] twice, plus 6·E.
+      attn:    without flash attention the scores KQ [n_kv, T, n_head] f32, plus Q, K, V, output and residual
+               rows (3·Q + 3·E + 2·KV per token); MLA attends in the latent space (3·n_head·kv_lora + 3·E).
+               With flash attention the scores are never materialised and this term is small.
+      output:  logits [n_vocab, n_outputs] f32 plus ~5·E per token.
     """
     E = spec.n_embd
-    n_head = max(spec.n_head) if spec.n_head else 0
-    head_k = max(spec.head_k, spec.head_k_swa)
-    head_v = max(spec.head_v, spec.head_v_swa)
-    n_ff = max(spec.n_ff) if spec.n_ff else 0
-    # inputs
-    mask_el = 2 if flash_attn else 4
-    masks = pad(n_kv * pad(n_tokens, 64 if flash_attn else 1) * mask_el, CPU_ALIGNMENT)
-    if n_kv_swa:
-        masks += pad(n_kv_swa * pad(n_tokens, 64 if flash_attn else 1) * mask_el, CPU_ALIGNMENT)
-    inputs = masks + 8 * n_tokens + 4 * n_tokens * E
-    resid = 4 * n_tokens * E
-    q = 4 * n_tokens * n_head * head_k
-    if flash_attn:
-        attn = q + 4 * n_tokens * n_head * head_v
-    else:
-        attn = q + 4 * n_kv * n_tokens * n_head + 4 * n_tokens * n_head * head_v
+    T = n_tokens
+    H = max(spec.n_head) if spec.n_head else 0
+    Hkv = max(spec.n_head_kv) if spec.n_head_kv else 0
+    Dk = max(spec.head_k, spec.head_k_swa)
+    Dv = max(spec.head_v, spec.head_v_swa)
+    Q, KV = H * Dk, Hkv * Dk
+    arch = spec.architecture
+    peaks: dict[str, int] = {}
+    dense_ff = [spec.n_ff[il] for il in range(min(spec.n_layer_dense_lead, spec.n_layer))]
+    ffn_extra = _FFN_EXTRA_E.get(arch, 0) * E
+    if dense_ff and max(dense_ff):
+        peaks["ffn"] = T * (3 * max(dense_ff) + 5 * E + ffn_extra)
     if spec.is_moe:
-        n_ff_exp = n_ff
-        ffn = 4 * n_tokens * spec.n_expert_used * n_ff_exp * 2 + 4 * n_tokens * spec.n_expert * 2
+        peaks["ffn_moe"] = T * (3 * spec.n_ff_exp * spec.n_expert_used + 5 * E + ffn_extra)
+        peaks["moe"] = T * (2 * E * spec.n_expert_used + 6 * E)
+    if spec.is_mla:
+        rows = 3 * H * Dv + 3 * E
     else:
-        ffn = 4 * n_tokens * n_ff * 2
-    layer_peak = resid + max(attn, ffn)
-    out_peak = 4 * spec.n_vocab * n_outputs + 4 * n_tokens * E
-    return inputs + max(layer_peak, out_peak)
+        rows = 3 * Q + 3 * E + (2 + _ATTN_EXTRA_KV.get(arch, 0)) * KV
+    peaks["attn"] = T * rows + (0 if flash_attn else n_kv * T * H)
+    peaks["output"] = spec.n_vocab * n_outputs + 5 * E * T
+    return peaks
+
+
+def compute_bytes(spec: ModelSpec, n_kv: int, n_kv_swa: int, n_tokens: int, n_outputs: int, flash_attn: bool) -> int:
+    """The CPU compute buffer of a CPU run (sched_reserve's pp graph): inputs + the largest live set.
+
+    Inputs stay allocated for the whole graph: the KQ masks [n_kv, T] (f16 with flash attention, f32 without),
+    one per cache (base and SWA), and ~40 bytes per token of ids/positions/output ids. The rest is
+    4 × max(compute_peak_floats). Calibrated on 56 measured runs of 13 architectures; see the accuracy table.
+    """
+    mask_el = 2 if flash_attn else 4
+    masks = n_kv * n_tokens * mask_el + n_kv_swa * n_tokens * mask_el
+    peaks = compute_peak_floats(spec, n_kv, n_tokens, n_outputs, flash_attn)
+    out = 4 * peaks.pop("output")
+    layers = masks + 4 * max(peaks.values())
+    # The masks die after the last layer; ggml-alloc's best fit puts the logits into their hole when they fit
+    # there, otherwise the buffer grows past the masks.
+    logits = 4 * spec.n_vocab * n_outputs
+    out_peak = out + (masks if logits > masks else 0)
+    return 40 * n_tokens + max(layers, out_peak)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -440,7 +467,7 @@ def estimate(spec: ModelSpec, params: Params) -> Estimate:
     host = CPU if out_dev == CPU else next(d.host_buffer for d in p.devices if d.name == out_dev)
     buffers.append(Buffer(CPU, "output", output_bytes(spec, p), host))
     n_tokens = min(n_ctx, n_ubatch)
-    compute = compute_bytes(spec, n_ctx_seq, n_swa_cells, n_tokens, min(n_tokens, n_outputs_max), fa, p.n_parallel)
+    compute = compute_bytes(spec, n_ctx_seq, n_swa_cells, n_tokens, min(n_tokens, n_outputs_max), fa)
     buffers.append(Buffer(CPU, "compute", compute, CPU))
     notes: list[str] = []
     if p.devices:

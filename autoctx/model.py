@@ -104,6 +104,8 @@ class ModelSpec:
     is_mla: bool
     n_expert: int
     n_expert_used: int
+    n_ff_exp: int  # width of one routed expert (expert_feed_forward_length, else feed_forward_length)
+    n_layer_dense_lead: int  # leading dense (non-MoE) blocks, e.g. DeepSeek's first layer
     tied_output: bool  # no output.weight: token_embd is duplicated onto the output device
     tensors: tuple[TensorInfo, ...] = field(repr=False)
     tensor_layer: tuple[int, ...] = field(repr=False)  # per tensor: -1 input, 0..n_layer-1 block, n_layer output
@@ -167,6 +169,7 @@ class ModelSpec:
             "mla": self.is_mla,
             "n_expert": self.n_expert,
             "n_expert_used": self.n_expert_used,
+            "n_ff_exp": self.n_ff_exp,
             "tied_output": self.tied_output,
             "weight_bytes": self.weight_bytes,
         }
@@ -299,6 +302,9 @@ def spec_from_gguf(f: GGUFFile) -> ModelSpec:
     n_expert = int(k("expert_count", 0) or 0)
     used = k("expert_used_count", 0) or 0
     n_expert_used = max(used) if isinstance(used, list) else int(used)
+    ff_exp = k("expert_feed_forward_length")
+    n_ff_exp = (max(ff_exp) if isinstance(ff_exp, list) else int(ff_exp)) if ff_exp else (max(n_ff) if n_expert else 0)
+    n_dense_lead = int(k("leading_dense_block_count", 0) or 0) if n_expert else n_layer
 
     tensor_layer = tuple(_classify(t.name, n_layer) for t in f.tensors)
     tied = f.tensor("output.weight") is None
@@ -312,6 +318,7 @@ def spec_from_gguf(f: GGUFFile) -> ModelSpec:
         n_head_kv=n_head_kv, n_ff=n_ff, head_k=head_k, head_v=head_v, head_k_swa=head_k_swa, head_v_swa=head_v_swa,
         swa_type=swa_type, n_swa=n_swa, is_swa=tuple(is_swa), has_kv=tuple(has_kv), is_recurrent=tuple(is_recr),
         n_embd_r=n_embd_r, n_embd_s=n_embd_s, is_mla=is_mla, n_expert=n_expert, n_expert_used=n_expert_used,
+        n_ff_exp=n_ff_exp, n_layer_dense_lead=n_dense_lead,
         tied_output=tied, tensors=tuple(f.tensors), tensor_layer=tensor_layer,
         data_offsets=tuple(f.data_offsets), file_sizes=tuple(f.file_sizes),
     )

@@ -165,6 +165,13 @@ class _Cursor:
         return vals
 
 
+def _type_label(vtype: int) -> str:
+    try:
+        return GGUFValueType(vtype).name.lower()
+    except ValueError:
+        return f"type {vtype}"
+
+
 def _value(cur: _Cursor, vtype: int, key: str, depth: int = 0) -> Any:
     if vtype in _SCALAR:
         return cur.scalars(_SCALAR[vtype], 1, key)[0]
@@ -226,13 +233,23 @@ def _read_one(path: str, file_index: int) -> tuple[int, str, dict[str, Any], lis
             if n_kv * 13 > size or n_tensors * 32 > size:  # smallest possible entries
                 raise GGUFError(f"{path}: absurd header counts ({n_tensors} tensors, {n_kv} keys for {size} bytes)")
             meta: dict[str, Any] = {}
-            for _ in range(n_kv):
+            for i in range(n_kv):
                 key = cur.string("key")
+                if not key:
+                    raise GGUFError(f"{path}: key {i + 1} of {n_kv} is empty")
+                if key in meta:
+                    raise GGUFError(f"{path}: duplicate key {key!r}")
                 vtype = cur.u32(key)
+                if key == "general.alignment" and vtype != GGUFValueType.UINT32:  # as gguf.cpp requires
+                    raise GGUFError(f"{path}: general.alignment must be uint32, not {_type_label(vtype)}")
                 meta[key] = _value(cur, vtype, key)
             tensors_raw = []
+            seen: set[str] = set()
             for _ in range(n_tensors):
                 name = cur.string("tensor name")
+                if name in seen:
+                    raise GGUFError(f"{path}: duplicate tensor name {name!r}")
+                seen.add(name)
                 n_dims = cur.u32(name)
                 if not 1 <= n_dims <= MAX_DIMS:
                     raise GGUFError(f"{path}: tensor {name!r} has {n_dims} dimensions (1..{MAX_DIMS} allowed)")
@@ -252,7 +269,7 @@ def _read_one(path: str, file_index: int) -> tuple[int, str, dict[str, Any], lis
         if gtype not in GGML_QUANT_SIZES or GGML_QUANT_SIZES[gtype][1] == 0:
             raise GGUFError(f"{path}: tensor {name!r} has an unknown ggml type {gtype}")
         block = GGML_QUANT_SIZES[gtype][0]
-        if any(d <= 0 or d > 1 << 40 for d in shape) or shape[0] % block:
+        if any(d > 1 << 40 for d in shape) or shape[0] % block:  # ne == 0 is valid (gguf.cpp: ne >= 0)
             raise GGUFError(f"{path}: tensor {name!r} has a bad shape {list(shape)} for {type_name(gtype)}")
         nbytes = tensor_bytes(gtype, shape)
         if offset % alignment or data_offset + offset + nbytes > size:

@@ -1,0 +1,188 @@
+"""llama-server's command line: parse the memory-relevant flags into `memory.Params`, and write them back.
+
+Spellings and defaults follow the pinned build's common/arg.cpp. Flags autoctx does not model are kept (so they
+can be passed through to the server) and reported; `_server_flags.FLAGS` (generated from arg.cpp) tells which of
+them take a value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ...errors import ArgsError
+from ...memory import KV_TYPES, Device, Params
+from ._server_flags import FLAGS
+
+# canonical name -> spellings (common/arg.cpp)
+SPELLINGS: dict[str, tuple[str, ...]] = {
+    "ctx": ("-c", "--ctx-size"),
+    "ctk": ("-ctk", "--cache-type-k"),
+    "ctv": ("-ctv", "--cache-type-v"),
+    "fa": ("-fa", "--flash-attn"),
+    "np": ("-np", "--parallel"),
+    "ub": ("-ub", "--ubatch-size"),
+    "b": ("-b", "--batch-size"),
+    "ngl": ("-ngl", "--gpu-layers", "--n-gpu-layers"),
+    "kvu": ("-kvu", "--kv-unified"),
+    "no_kvu": ("-no-kvu", "--no-kv-unified"),
+    "swa_full": ("--swa-full",),
+    "repack": ("--repack",),
+    "no_repack": ("-nr", "--no-repack"),
+    "fit": ("-fit", "--fit"),
+    "load_mode": ("-lm", "--load-mode"),
+    "nkvo": ("-nkvo", "--no-kv-offload"),
+    "kvo": ("-kvo", "--kv-offload"),
+    "ts": ("-ts", "--tensor-split"),
+    "embedding": ("--embedding", "--embeddings"),
+    "model": ("-m", "--model"),
+}
+_BY_SPELLING = {s: name for name, spellings in SPELLINGS.items() for s in spellings}
+_TRUE = {"on", "enabled", "true", "1", "yes"}
+_FALSE = {"off", "disabled", "false", "0", "no"}
+
+
+@dataclass
+class ParsedArgs:
+    params: Params
+    model: str | None = None
+    passthrough: list[str] = field(default_factory=list)  # flags autoctx does not model, kept in order
+    ignored: list[str] = field(default_factory=list)  # their names, for the warning
+    explicit: set[str] = field(default_factory=set)  # canonical names the user set
+
+
+def _int(flag: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ArgsError(f"{flag} expects an integer, got {value!r}") from None
+
+
+def _onoff(flag: str, value: str, allow_auto: bool = False) -> str:
+    v = value.lower()
+    if v in _TRUE:
+        return "on"
+    if v in _FALSE:
+        return "off"
+    if allow_auto and v == "auto":
+        return "auto"
+    raise ArgsError(f"{flag} expects {'on|off|auto' if allow_auto else 'on|off'}, got {value!r}")
+
+
+def parse_server_args(argv: list[str], base: Params | None = None) -> ParsedArgs:
+    """Parse llama-server arguments. Raises ArgsError for a bad value of a modelled flag."""
+    p = base or Params()
+    out = ParsedArgs(p)
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        flag, eq, inline = tok.partition("=") if tok.startswith("--") else (tok, "", "")
+        name = _BY_SPELLING.get(flag)
+        takes = FLAGS.get(flag)
+        if name is None:
+            if not tok.startswith("-") or tok == "-":
+                raise ArgsError(f"unexpected argument {tok!r} (the model goes first; llama-server flags after it)")
+            n = 1
+            if takes and not eq:
+                if i + 1 >= len(argv):
+                    raise ArgsError(f"{flag} expects a value")
+                n = 2
+            elif takes is None and not eq and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                n = 2  # unknown flag: assume the next bare word is its value
+            out.passthrough += argv[i:i + n]
+            out.ignored.append(flag)
+            i += n
+            continue
+        value = None
+        if FLAGS.get(flag, False) or name in ("fa", "fit"):
+            if eq:
+                value = inline
+            elif i + 1 < len(argv):
+                value = argv[i + 1]
+                i += 1
+            else:
+                raise ArgsError(f"{flag} expects a value")
+        i += 1
+        out.explicit.add(name)
+        if name == "ctx":
+            n = _int(flag, value)
+            if n < 0:
+                raise ArgsError(f"{flag} must be >= 0")
+            p = replace(p, n_ctx=n)
+        elif name in ("ctk", "ctv"):
+            t = value.lower()
+            if t not in KV_TYPES:
+                raise ArgsError(f"{flag}: unsupported cache type {value!r} (allowed: {', '.join(KV_TYPES)})")
+            p = replace(p, **{"cache_type_k" if name == "ctk" else "cache_type_v": t})
+        elif name == "fa":
+            p = replace(p, flash_attn=_onoff(flag, value, allow_auto=True))
+        elif name == "np":
+            n = _int(flag, value)
+            if n == 0 or n < -1:
+                raise ArgsError(f"{flag} must be a positive number of slots, or -1 for auto")
+            p = replace(p, n_parallel=n)
+        elif name == "ub":
+            p = replace(p, n_ubatch=max(1, _int(flag, value)))
+        elif name == "b":
+            p = replace(p, n_batch=max(1, _int(flag, value)))
+        elif name == "ngl":
+            v = value.lower()
+            p = replace(p, n_gpu_layers=-1 if v == "auto" else -2 if v == "all" else _int(flag, value))
+        elif name == "kvu":
+            p = replace(p, kv_unified=True)
+        elif name == "no_kvu":
+            p = replace(p, kv_unified=False)
+        elif name == "swa_full":
+            p = replace(p, swa_full=True)
+        elif name == "repack":
+            p = replace(p, repack=True)
+        elif name == "no_repack":
+            p = replace(p, repack=False)
+        elif name == "fit":
+            p = replace(p, fit=_onoff(flag, value) == "on")
+        elif name == "load_mode":
+            v = value.lower()
+            if v not in ("auto", "none", "mmap", "mlock", "mmap+mlock", "dio"):
+                raise ArgsError(f"{flag}: unknown load mode {value!r}")
+            p = replace(p, mmap=v in ("auto", "mmap", "mmap+mlock"))
+        elif name == "nkvo":
+            p = replace(p, offload_kqv=False)
+        elif name == "kvo":
+            p = replace(p, offload_kqv=True)
+        elif name == "ts":
+            try:
+                p = replace(p, tensor_split=tuple(float(x) for x in value.replace("/", ",").split(",") if x))
+            except ValueError:
+                raise ArgsError(f"{flag} expects comma-separated numbers, got {value!r}") from None
+        elif name == "embedding":
+            p = replace(p, embeddings=True)
+        elif name == "model":
+            out.model = value
+    out.params = p
+    return out
+
+
+def with_devices(p: Params, devices: list[Device]) -> Params:
+    return replace(p, devices=tuple(devices))
+
+
+def to_server_args(p: Params, model: str | None = None) -> list[str]:
+    """Every memory-relevant flag, explicitly, so that the server cannot re-decide (fit off)."""
+    argv: list[str] = []
+    if model:
+        argv += ["-m", model]
+    argv += ["-c", str(p.n_ctx), "-np", str(p.n_parallel), "-ctk", p.cache_type_k, "-ctv", p.cache_type_v,
+             "-fa", p.flash_attn, "-ngl", str(p.n_gpu_layers), "-b", str(p.n_batch), "-ub", str(p.n_ubatch)]
+    if p.kv_unified is not None:
+        argv.append("-kvu" if p.kv_unified else "-no-kvu")
+    if p.swa_full:
+        argv.append("--swa-full")
+    if not p.repack:
+        argv.append("--no-repack")
+    if not p.mmap:
+        argv += ["--load-mode", "none"]
+    if not p.offload_kqv:
+        argv.append("--no-kv-offload")
+    if p.tensor_split:
+        argv += ["-ts", ",".join(f"{x:g}" for x in p.tensor_split)]
+    argv += ["--fit", "on" if p.fit else "off"]
+    return argv

@@ -1,0 +1,264 @@
+"""The shape catalog (autoctx.shapes): stable tensor inventories, well-formed shape-only GGUFs, and the real proof,
+a CPU llama-server loading every one of them and printing its buffer sizes."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from autoctx.gguf import GGML_QUANT_SIZES, GGMLType, read_gguf
+from autoctx.shapes import SHAPES, Shape, TensorShape, get_shape, write_shape_gguf
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# name -> (tensor count, total weight bytes). Regression values: a change here changes every prediction made
+# from these shapes, so it must be deliberate. Tensor counts match the published Q4_K_M GGUFs of these models.
+EXPECTED = {
+    "llama-3.1-8b": (292, 5172420864),
+    "llama-2-7b": (291, 4335460352),
+    "llama-3.1-70b": (724, 44979306752),
+    "mistral-7b": (291, 4631576576),
+    "mixtral-8x7b": (323, 30218772480),
+    "qwen2.5-7b": (339, 4928802816),
+    "qwen2.5-32b": (771, 21056462848),
+    "qwen3-8b": (399, 5274861568),
+    "qwen3-30b-a3b": (579, 19802912768),
+    "gemma-2-9b": (464, 6072915968),
+    "gemma-3-4b": (444, 2609600512),
+    "gemma-3-12b": (626, 7707638784),
+    "phi-3-mini": (195, 2496302592),
+    "deepseek-v2-lite": (404, 11364276224),
+    "gpt-oss-20b": (459, 11955000576),
+    "command-r7b": (258, 5305614336),
+}
+
+MiB = 1024 * 1024
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Catalog
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_catalog_is_the_expected_set():
+    assert set(SHAPES) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_shape_builds_with_stable_inventory(name):
+    shape = get_shape(name)
+    assert isinstance(shape, Shape) and shape.name == name
+    assert shape.metadata["general.architecture"] == shape.arch
+    assert "/" in shape.source  # a Hugging Face repo id
+    assert (shape.n_tensors, shape.weight_bytes) == EXPECTED[name]
+    names = [t.name for t in shape.tensors]
+    assert len(names) == len(set(names))
+    for t in shape.tensors:
+        assert isinstance(t, TensorShape) and all(d > 0 for d in t.shape)
+        assert t.shape[0] % GGML_QUANT_SIZES[t.ggml_type][0] == 0, t  # whole blocks per row
+    n_layer = shape.metadata[f"{shape.arch}.block_count"]
+    assert {f"blk.{i}.attn_norm.weight" for i in range(n_layer)} <= set(names)
+    assert shape.tensor("token_embd.weight").shape == (shape.metadata[f"{shape.arch}.embedding_length"],
+                                                       shape.n_vocab)
+    assert get_shape(name) == shape  # builders are pure
+
+
+def test_unknown_shape_names_the_known_ones():
+    with pytest.raises(ValueError, match="llama-3.1-8b"):
+        get_shape("no-such-model")
+
+
+def test_import_is_cheap():
+    code = "import sys, autoctx.shapes; assert 'numpy' not in sys.modules and 'gguf' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_architecture_details():
+    # Llama 3.1: GQA 32/8, llama3 rope factors, untied output in Q6_K
+    s = get_shape("llama-3.1-8b")
+    assert s.tensor("blk.0.attn_k.weight").shape == (4096, 1024)
+    assert s.tensor("rope_freqs.weight").shape == (64,)
+    assert s.tensor("output.weight").ggml_type == GGMLType.Q6_K
+    assert s.tensor("token_embd.weight").ggml_type == GGMLType.Q4_K
+    # Llama 2: MHA
+    s = get_shape("llama-2-7b")
+    assert s.metadata["llama.attention.head_count_kv"] == s.metadata["llama.attention.head_count"] == 32
+    # Qwen2.5: q/k/v biases
+    s = get_shape("qwen2.5-7b")
+    assert s.tensor("blk.0.attn_k.bias").shape == (512,)
+    # Qwen3: q/k norms of head_dim, explicit key/value length
+    s = get_shape("qwen3-8b")
+    assert s.tensor("blk.0.attn_q_norm.weight").shape == (128,)
+    assert s.metadata["qwen3.attention.key_length"] == 128
+    # Qwen3 MoE: 128 experts of 768
+    s = get_shape("qwen3-30b-a3b")
+    assert s.tensor("blk.0.ffn_down_exps.weight").shape == (768, 2048, 128)
+    assert s.tensor("blk.0.attn_q.weight").shape == (2048, 4096)  # 32 heads x 128 != n_embd
+    # Mixtral: llama arch with experts
+    s = get_shape("mixtral-8x7b")
+    assert s.arch == "llama" and s.metadata["llama.expert_count"] == 8
+    assert s.tensor("blk.31.ffn_gate_exps.weight").shape == (4096, 14336, 8)
+    # Gemma: tied embeddings (no output.weight; token_embd in Q6_K), soft-capping, sliding window
+    for name in ("gemma-2-9b", "gemma-3-4b", "gemma-3-12b", "command-r7b"):
+        s = get_shape(name)
+        assert not any(t.name == "output.weight" for t in s.tensors), name
+        assert s.tensor("token_embd.weight").ggml_type == GGMLType.Q6_K
+    s = get_shape("gemma-2-9b")
+    assert s.metadata["gemma2.attn_logit_softcapping"] == 50.0
+    assert s.metadata["gemma2.attention.sliding_window"] == 4096
+    s = get_shape("gemma-3-4b")
+    assert s.n_vocab == 262144 and s.metadata["gemma3.attention.sliding_window"] == 1024
+    assert s.metadata["gemma3.attention.key_length"] == 256
+    # Phi-3: fused qkv and gate+up
+    s = get_shape("phi-3-mini")
+    assert s.tensor("blk.0.attn_qkv.weight").shape == (3072, 9216)
+    assert s.tensor("blk.0.ffn_up.weight").shape == (3072, 16384)
+    assert s.n_vocab == 32064
+    # DeepSeek-V2-Lite: MLA as the current converter writes it, dense first layer, shared experts
+    s = get_shape("deepseek-v2-lite")
+    md = s.metadata
+    assert (md["deepseek2.attention.key_length"], md["deepseek2.attention.value_length"]) == (576, 512)
+    assert (md["deepseek2.attention.key_length_mla"], md["deepseek2.attention.value_length_mla"]) == (192, 128)
+    assert md["deepseek2.attention.kv_lora_rank"] == 512 and md["deepseek2.rope.dimension_count"] == 64
+    assert s.tensor("blk.0.attn_k_b.weight").shape == (128, 512, 16)
+    assert s.tensor("blk.0.ffn_down.weight").shape == (10944, 2048)
+    assert s.tensor("blk.1.ffn_down_exps.weight").shape == (1408, 2048, 64)
+    assert s.tensor("blk.1.ffn_up_shexp.weight").shape == (2048, 2816)
+    # gpt-oss: sinks, MXFP4 experts, Q8_0 fallback for 2880-wide rows
+    s = get_shape("gpt-oss-20b")
+    assert s.arch == "gpt-oss" and s.metadata["gpt-oss.attention.sliding_window"] == 128
+    assert s.tensor("blk.0.attn_sinks.weight").shape == (64,)
+    exp_type = GGMLType.MXFP4 if hasattr(GGMLType, "MXFP4") else GGMLType.Q8_0
+    assert s.tensor("blk.0.ffn_gate_exps.weight").ggml_type == exp_type
+    assert s.tensor("blk.0.attn_q.weight").ggml_type == GGMLType.Q8_0
+    # Command R7B
+    s = get_shape("command-r7b")
+    assert s.metadata["cohere2.attention.sliding_window"] == 4096 and s.metadata["cohere2.logit_scale"] == 0.25
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writer
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["phi-3-mini", "deepseek-v2-lite", "gpt-oss-20b"])
+def test_written_header_round_trips(tmp_path, name):
+    shape = get_shape(name)
+    path = write_shape_gguf(shape, tmp_path / f"{name}.gguf")
+    assert path == tmp_path / f"{name}.gguf"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
+    g = read_gguf(str(path))
+    assert g.architecture == shape.arch and g.alignment == 32
+    for key, value in shape.metadata.items():
+        expected = pytest.approx(value, rel=1e-6) if isinstance(value, float) else value  # float32 round trip
+        assert g.metadata[key] == expected, key
+    assert len(g.metadata["tokenizer.ggml.tokens"]) == shape.n_vocab
+    assert [(t.name, t.shape, t.ggml_type) for t in g.tensors] == [(t.name, t.shape, t.ggml_type)
+                                                                   for t in shape.tensors]
+    assert g.tensor_bytes == shape.weight_bytes
+    for t in g.tensors:
+        assert t.offset % 32 == 0
+    last = g.tensors[-1]
+    assert g.file_sizes[0] >= g.data_offsets[0] + last.offset + last.nbytes
+    # sparse: the data section is a hole (allow a few MB for the header itself)
+    assert os.stat(path).st_blocks * 512 < 32 * MiB < shape.weight_bytes
+    # rewriting replaces the file atomically
+    write_shape_gguf(shape, path)
+    assert read_gguf(str(path)).file_sizes == g.file_sizes
+
+
+def test_stand_in_vocab_loads_as_spm(tmp_path):
+    shape = get_shape("llama-3.1-8b")
+    g = read_gguf(str(write_shape_gguf(shape, tmp_path / "v.gguf")))
+    assert g.metadata["tokenizer.ggml.model"] == "llama"
+    assert g.metadata["tokenizer.ggml.bos_token_id"] == 128000
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The real llama-server
+# ---------------------------------------------------------------------------------------------------------------
+
+READY = re.compile(r"model loaded|listening on|server is listening")
+MODEL_BUF = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
+KV_BUF = re.compile(r"(\S+) KV buffer size =\s+([\d.]+) MiB")
+COMPUTE_BUF = re.compile(r"(\S+) compute buffer size =\s+([\d.]+) MiB")
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> str:
+    out = subprocess.check_output([str(ROOT / "scripts" / "llama-server-path")], text=True)
+    return out.strip()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_server_until_loaded(server: str, model: Path, *, ctx: int = 4096, timeout: float = 600) -> tuple[str, bool]:
+    """Start llama-server on `model`, wait for it to finish loading (or die), stop it; return (log, ready)."""
+    cmd = [server, "-m", str(model), "-c", str(ctx), "-np", "1", "--fit", "off", "--no-repack", "--no-warmup",
+           "-lv", "4", "--host", "127.0.0.1", "--port", str(_free_port())]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if READY.search(line):
+                ready.set()
+        ready.set()  # EOF: the server exited
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while not ready.wait(0.2) and time.monotonic() < deadline:
+        pass
+    loaded = any(READY.search(line) for line in lines)
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    reader.join(10)
+    return "".join(lines), loaded
+
+
+def buffer_sizes(log: str) -> dict[str, float]:
+    """MiB per buffer kind: model / kv (summed over caches, e.g. SWA + full) / compute."""
+    sizes = {"model": 0.0, "kv": 0.0, "compute": 0.0}
+    for rx, key in ((MODEL_BUF, "model"), (KV_BUF, "kv"), (COMPUTE_BUF, "compute")):
+        for m in rx.finditer(log):
+            sizes[key] += float(m.group(2))
+    return sizes
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_llama_server_loads_shape(tmp_path, llama_server, name):
+    shape = get_shape(name)
+    model = write_shape_gguf(shape, tmp_path / f"{name}.gguf")
+    log, loaded = run_server_until_loaded(llama_server, model)
+    (tmp_path / "server.log").write_text(log)
+    tail = "\n".join(log.splitlines()[-25:])
+    assert loaded, f"llama-server did not finish loading {name}:\n{tail}"
+    assert MODEL_BUF.search(log), tail
+    assert KV_BUF.search(log), tail
+    sizes = buffer_sizes(log)
+    # every tensor was mapped: the model buffer is the data section (tensors, each padded to 32 bytes)
+    assert sizes["model"] == pytest.approx(shape.weight_bytes / MiB, abs=0.5)
+    assert sizes["kv"] > 0 and sizes["compute"] > 0
+    print(f"{name}: model {sizes['model']:.2f} MiB, KV {sizes['kv']:.2f} MiB, compute {sizes['compute']:.2f} MiB")
+    model.unlink()
