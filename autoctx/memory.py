@@ -87,13 +87,28 @@ class Params:
     tensor_split: tuple[float, ...] | None = None
     embeddings: bool = False
     devices: tuple[Device, ...] = ()
-    cpu_repack: dict[str, int] = field(default_factory=lambda: dict(REPACK_X86_AVX2))
+    # which weight types the host CPU backend repacks (autoctx.probe.cpu.host_repack_rules); none by default
+    cpu_repack: dict[str, int] = field(default_factory=dict)
 
     def resolved(self) -> "Params":
-        """Apply llama-server's defaults (server.cpp: np auto → 4 slots, kv_unified=true)."""
+        """Apply llama-server's defaults and adjustments, in its order.
+
+        tools/server/server.cpp llama_server(): with embeddings, n_batch > n_ubatch → n_batch = n_ubatch; np auto
+        (any negative) → 4 slots and kv_unified = true, overriding an explicit --no-kv-unified.
+        src/llama-context.cpp: n_ubatch 0 means n_batch.
+        """
         p = self
+        if p.n_batch < 1 or p.n_ubatch < 0:
+            raise ArgsError("batch sizes must be positive")
+        if p.embeddings:
+            if p.n_ubatch == 0:
+                raise ArgsError("--ubatch-size 0 with --embedding: llama-server would set the batch size to 0")
+            if p.n_batch > p.n_ubatch:
+                p = replace(p, n_batch=p.n_ubatch)
+        if p.n_ubatch == 0:
+            p = replace(p, n_ubatch=p.n_batch)
         if p.n_parallel < 0:
-            p = replace(p, n_parallel=4, kv_unified=True if p.kv_unified is None else p.kv_unified)
+            p = replace(p, n_parallel=4, kv_unified=True)
         if p.kv_unified is None:
             p = replace(p, kv_unified=False)
         for name in (p.cache_type_k, p.cache_type_v):
@@ -101,8 +116,6 @@ class Params:
                 raise ArgsError(f"unsupported KV cache type {name!r} (allowed: {', '.join(KV_TYPES)})")
         if p.flash_attn not in ("on", "off", "auto"):
             raise ArgsError(f"--flash-attn must be on, off or auto, not {p.flash_attn!r}")
-        if p.n_batch < 1 or p.n_ubatch < 1:
-            raise ArgsError("batch sizes must be positive")
         return p
 
     def as_dict(self) -> dict[str, Any]:
@@ -264,18 +277,14 @@ def model_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], output_dev: 
             r[0], r[1] = min(r[0], start), max(r[1], start + t.nbytes)
         else:
             cpu_alloc += pad(t.nbytes, CPU_ALIGNMENT)
-    # A tied output (no output.weight) is token_embd duplicated onto the output layer's device.
-    if spec.tied_output:
+    # A tied output (no output.weight) is token_embd duplicated onto the output layer's device; on the CPU the
+    # duplicate shares the input copy (measured: no extra bytes with or without mmap).
+    if spec.tied_output and output_dev != CPU:
         emb = next((t for t in spec.tensors if t.name == "token_embd.weight"), None)
         if emb is not None:
-            if output_dev != CPU:
-                d = devs[output_dev]
-                gpu_bytes[output_dev] = gpu_bytes.get(output_dev, 0) + _alloc_size(d, emb.type_name, emb.nbytes,
-                                                                                   emb.shape[0])
-            elif p.repack and _repackable("output.weight", emb.type_name, emb.shape, p.cpu_repack):
-                repack += pad(emb.nbytes, CPU_ALIGNMENT)
-            elif not p.mmap:
-                cpu_alloc += pad(emb.nbytes, CPU_ALIGNMENT)
+            d = devs[output_dev]
+            gpu_bytes[output_dev] = gpu_bytes.get(output_dev, 0) + _alloc_size(d, emb.type_name, emb.nbytes,
+                                                                               emb.shape[0])
     out: list[Buffer] = []
     for dev in p.devices:
         if gpu_bytes.get(dev.name):
@@ -459,6 +468,9 @@ def estimate(spec: ModelSpec, params: Params) -> Estimate:
     if not fa and (is_quantized(p.cache_type_v)):
         raise ArgsError("a quantized V cache needs flash attention (llama.cpp refuses -ctv "
                         f"{p.cache_type_v} with -fa off)")
+    if spec.is_mla and p.cache_type_k != p.cache_type_v:  # llama_init_from_model (llama-context.cpp)
+        raise ArgsError(f"this MLA model does not support different K ({p.cache_type_k}) and V "
+                        f"({p.cache_type_v}) cache types")
     ngl = resolve_ngl(spec, p)
     layer_dev, out_dev = layer_devices(spec, p, ngl)
     buffers = model_buffers(spec, p, layer_dev, out_dev)

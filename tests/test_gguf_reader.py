@@ -20,6 +20,8 @@ from autoctx.gguf import (
 )
 from autoctx.gguf import reader as reader_mod
 
+pytestmark = pytest.mark.timeout(120)  # a hang guard for the bad-input cases, not a speed check
+
 VT = gguf.GGUFValueType
 QT = gguf.GGMLQuantizationType
 
@@ -81,7 +83,8 @@ def finish(w: gguf.GGUFWriter) -> None:
     w.close()
 
 
-def write_standard(path: Path, endian: gguf.GGUFEndian = gguf.GGUFEndian.LITTLE, alignment: int | None = None) -> Path:
+def write_standard(path: Path, endian: gguf.GGUFEndian = gguf.GGUFEndian.LITTLE,
+                   alignment: int | None = None) -> Path:
     w = gguf.GGUFWriter(path, "llama", endianess=endian)
     if alignment is not None:
         w.add_custom_alignment(alignment)
@@ -636,6 +639,32 @@ def test_unaligned_data_section_with_custom_alignment(tmp_path: Path):
     assert f.data_offsets == [(head_len + 63) // 64 * 64]
     assert f.tensors[0].nbytes == 64
     assert "lies outside the file" in error_of(write(tmp_path, raw[:-1], "short.gguf"))
+
+
+ABSURD = {
+    "n_kv 2**60": header(0, 2**60) + b"\0" * 64,
+    "string length 2**62": build([struct.pack("<Q", 1) + b"k" + struct.pack("<IQ", int(VT.STRING), 2**62)]),
+    "u8 array count 2**62": build([kv("a", VT.ARRAY, struct.pack("<IQ", int(VT.UINT8), 2**62))]),
+    "string array count 2**62": build([kv("a", VT.ARRAY, struct.pack("<IQ", int(VT.STRING), 2**62))]),
+    "nested array count 2**62": build([kv("a", VT.ARRAY, struct.pack("<IQ", int(VT.ARRAY), 2**62))]),
+    "tensor dims 2**40 each": build([], [tinfo("w", (2**40, 2**40, 2**40, 2**40), int(QT.F32), 0)]),
+}
+
+
+@pytest.mark.parametrize("raw", ABSURD.values(), ids=list(ABSURD))
+def test_absurd_sizes_allocate_nothing_big(tmp_path: Path, raw):
+    """Absurd counts and lengths are refused before anything is allocated for them (peak well under 1 MiB)."""
+    import tracemalloc
+
+    path = write(tmp_path, raw)
+    tracemalloc.start()
+    try:
+        with pytest.raises(GGUFError):
+            read_gguf(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
 
 
 def test_reader_never_decodes_long_arrays(std_file: Path, monkeypatch):

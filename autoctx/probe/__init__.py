@@ -1,0 +1,1 @@
+"""Probing the machine: CPU features now; GPU and RAM free memory arrive with the planner."""
