@@ -36,6 +36,8 @@ SHAPE_CASES: list[tuple[str, list[str]]] = [
     ("qwen2.5-7b", ["-c", "8192", "-np", "1", "-fa", "off"]),
     ("qwen3-8b", ["-c", "8192", "-ctk", "q8_0", "-ctv", "q4_0", "-np", "1"]),
     ("gemma-3-4b", ["-c", "16384", "-np", "1"]),  # iSWA, window 1024
+    ("gemma-3-12b", ["-c", "32768", "-np", "1", "-ctk", "q8_0", "-ctv", "q8_0"]),
+    ("phi-3-mini", ["-c", "4096", "-np", "1"]),  # fused QKV, MHA, its sliding window ignored by llama.cpp
     ("gemma-2-9b", ["-c", "8192", "-np", "2", "-no-kvu"]),
     ("qwen3-30b-a3b", ["-c", "8192", "-np", "1"]),  # MoE, 128 experts
     ("mixtral-8x7b", ["-c", "4096", "-np", "1"]),  # MoE on the llama architecture
@@ -48,8 +50,10 @@ SHAPE_CASES: list[tuple[str, list[str]]] = [
 ]
 
 
-def all_cases() -> list[tuple[str, list[str]]]:
-    return [("gemma", ["--no-warmup", *a]) for a in GEMMA_CASES] + [(n, [*SHAPE_ARGS, *a]) for n, a in SHAPE_CASES]
+def all_cases() -> list[tuple[str, list[str], list[str]]]:
+    """(model, the case's own arguments, the full llama-server arguments)."""
+    return ([("gemma", a, ["--no-warmup", *a]) for a in GEMMA_CASES]
+            + [(n, a, [*SHAPE_ARGS, *a]) for n, a in SHAPE_CASES])
 
 
 @dataclass

@@ -34,6 +34,24 @@ def _mib(n: int) -> str:
     return f"{n / 1048576:,.2f}"
 
 
+def _estimate(model: str, server_args: Optional[List[str]], devices: str = ""):
+    """Parse llama-server arguments, read the model, predict. Returns (Estimate, ParsedArgs)."""
+    from .memory import Device, estimate as run_estimate
+    from .model import load_spec
+    from .runtimes.llamacpp.args import parse_server_args, with_devices
+
+    parsed = parse_server_args(list(server_args or []))
+    if parsed.ignored:
+        _warn("not modelled (passed through as they are): " + " ".join(dict.fromkeys(parsed.ignored)))
+    params = parsed.params
+    if devices:
+        params = with_devices(params, [Device(d.strip()) for d in devices.split(",") if d.strip()])
+    est = run_estimate(load_spec(parsed.model or model), params)
+    for note in est.notes:
+        _warn(note)
+    return est, parsed
+
+
 @app.command(context_settings=PASSTHROUGH)
 def estimate(
     model: str = typer.Argument(..., help="GGUF file (first part of a split model is enough)"),
@@ -43,20 +61,7 @@ def estimate(
                                 "(default: none, a CPU build)"),
 ) -> None:
     """What llama-server would allocate for MODEL with these arguments, per device and kind."""
-    from .memory import Device, estimate as run_estimate
-    from .model import load_spec
-    from .runtimes.llamacpp.args import parse_server_args, with_devices
-
-    parsed = parse_server_args(list(server_args or []))
-    if parsed.ignored:
-        _warn("ignoring flags that do not change memory use: " + " ".join(dict.fromkeys(parsed.ignored)))
-    params = parsed.params
-    if devices:
-        params = with_devices(params, [Device(d.strip()) for d in devices.split(",") if d.strip()])
-    spec = load_spec(parsed.model or model)
-    est = run_estimate(spec, params)
-    for note in est.notes:
-        _warn(note)
+    est, _ = _estimate(model, server_args, devices)
     if as_json:
         print(json.dumps(estimate_json(est), indent=2))
         return
@@ -77,16 +82,11 @@ def check(
     Exit status: 0 when every buffer is within tolerance (exact for model/KV/output, 10 % for compute),
     4 when a prediction missed, 1 when the server failed to load.
     """
-    from .memory import estimate as run_estimate
-    from .model import load_spec
-    from .runtimes.llamacpp.args import parse_server_args
     from .runtimes.llamacpp.server import ServerError, find_llama_server, last_lines, measure_allocation
     from .verify import compare, format_rows
 
     argv = list(server_args or [])
-    parsed = parse_server_args(argv)
-    spec = load_spec(parsed.model or model)
-    est = run_estimate(spec, parsed.params)
+    est, parsed = _estimate(model, argv)
     binary = find_llama_server(llama_server or None)
     run_argv = argv if parsed.model else ["-m", model, *argv]
     m = measure_allocation(binary, run_argv, timeout=timeout)

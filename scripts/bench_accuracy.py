@@ -57,15 +57,14 @@ def main() -> int:
     print("|---|---|---|---|---|---|")
     misses = 0
     with tempfile.TemporaryDirectory() as tmp:
-        for name, args in all_cases():
+        for name, shown, args in all_cases():
             if (a.cases == "gemma" and name != "gemma") or (a.cases == "shapes" and name == "gemma"):
                 continue
             path = gemma if name == "gemma" else str(write_shape_gguf(get_shape(name), Path(tmp) / f"{name}.gguf"))
             label = "gemma-3-270m Q4_K_M (real)" if name == "gemma" else f"{name} (shape)"
             res = run_case(server, path, label, args)
             misses += sum(1 for r in res.rows if not r.ok)
-            shown = " ".join(x for x in args if x not in ("--no-warmup", "--no-repack", "--fit", "off"))
-            print(f"| {label} | `{shown}` | {cell(res.rows, 'model')} | {cell(res.rows, 'kv')} | "
+            print(f"| {label} | `{' '.join(shown)}` | {cell(res.rows, 'model')} | {cell(res.rows, 'kv')} | "
                   f"{cell(res.rows, 'output')} | {cell(res.rows, 'compute')} |", flush=True)
             if name != "gemma":
                 Path(path).unlink()

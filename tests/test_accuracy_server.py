@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import pytest
 
+from autoctx.bench import GEMMA_CASES, SHAPE_ARGS, SHAPE_CASES
 from autoctx.memory import estimate
 from autoctx.model import load_spec
 from autoctx.runtimes.llamacpp.args import parse_server_args
 from autoctx.runtimes.llamacpp.server import last_lines, measure_allocation
-
-from autoctx.bench import GEMMA_CASES, SHAPE_ARGS, SHAPE_CASES
 
 MiB = 1024 * 1024
 

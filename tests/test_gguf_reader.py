@@ -15,8 +15,17 @@ import numpy as np
 import pytest
 
 from autoctx.gguf import (
-    GGML_QUANT_SIZES, GGMLType, GGUFArray, GGUFError, TensorInfo, read_gguf, row_bytes, split_paths, tensor_bytes,
-    type_from_name, type_name,
+    GGML_QUANT_SIZES,
+    GGMLType,
+    GGUFArray,
+    GGUFError,
+    TensorInfo,
+    read_gguf,
+    row_bytes,
+    split_paths,
+    tensor_bytes,
+    type_from_name,
+    type_name,
 )
 from autoctx.gguf import reader as reader_mod
 

@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from autoctx.runtimes.llamacpp.logparse import (
-    MiB, BreakdownRow, KVSummary, LoggedBuffer, ServerLog, buffer_device, parse_server_log,
+    BreakdownRow,
+    KVSummary,
+    LoggedBuffer,
+    MiB,
+    ServerLog,
+    buffer_device,
+    parse_server_log,
 )
 
 LOGS = Path(__file__).resolve().parent / "data" / "logs"

@@ -4,12 +4,8 @@ a CPU llama-server loading every one of them and printing its buffer sizes."""
 from __future__ import annotations
 
 import os
-import re
-import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -180,85 +176,3 @@ def test_stand_in_vocab_loads_as_spm(tmp_path):
     g = read_gguf(str(write_shape_gguf(shape, tmp_path / "v.gguf")))
     assert g.metadata["tokenizer.ggml.model"] == "llama"
     assert g.metadata["tokenizer.ggml.bos_token_id"] == 128000
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The real llama-server
-# ---------------------------------------------------------------------------------------------------------------
-
-READY = re.compile(r"model loaded|listening on|server is listening")
-MODEL_BUF = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
-KV_BUF = re.compile(r"(\S+) KV buffer size =\s+([\d.]+) MiB")
-COMPUTE_BUF = re.compile(r"(\S+) compute buffer size =\s+([\d.]+) MiB")
-
-
-@pytest.fixture(scope="session")
-def llama_server() -> str:
-    out = subprocess.check_output([str(ROOT / "scripts" / "llama-server-path")], text=True)
-    return out.strip()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_server_until_loaded(server: str, model: Path, *, ctx: int = 4096, timeout: float = 600) -> tuple[str, bool]:
-    """Start llama-server on `model`, wait for it to finish loading (or die), stop it; return (log, ready)."""
-    cmd = [server, "-m", str(model), "-c", str(ctx), "-np", "1", "--fit", "off", "--no-repack", "--no-warmup",
-           "-lv", "4", "--host", "127.0.0.1", "--port", str(_free_port())]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if READY.search(line):
-                ready.set()
-        ready.set()  # EOF: the server exited
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    deadline = time.monotonic() + timeout
-    while not ready.wait(0.2) and time.monotonic() < deadline:
-        pass
-    loaded = any(READY.search(line) for line in lines)
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    reader.join(10)
-    return "".join(lines), loaded
-
-
-def buffer_sizes(log: str) -> dict[str, float]:
-    """MiB per buffer kind: model / kv (summed over caches, e.g. SWA + full) / compute."""
-    sizes = {"model": 0.0, "kv": 0.0, "compute": 0.0}
-    for rx, key in ((MODEL_BUF, "model"), (KV_BUF, "kv"), (COMPUTE_BUF, "compute")):
-        for m in rx.finditer(log):
-            sizes[key] += float(m.group(2))
-    return sizes
-
-
-@pytest.mark.server
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_llama_server_loads_shape(tmp_path, llama_server, name):
-    shape = get_shape(name)
-    model = write_shape_gguf(shape, tmp_path / f"{name}.gguf")
-    log, loaded = run_server_until_loaded(llama_server, model)
-    (tmp_path / "server.log").write_text(log)
-    tail = "\n".join(log.splitlines()[-25:])
-    assert loaded, f"llama-server did not finish loading {name}:\n{tail}"
-    assert MODEL_BUF.search(log), tail
-    assert KV_BUF.search(log), tail
-    sizes = buffer_sizes(log)
-    # every tensor was mapped: the model buffer is the data section (tensors, each padded to 32 bytes)
-    assert sizes["model"] == pytest.approx(shape.weight_bytes / MiB, abs=0.5)
-    assert sizes["kv"] > 0 and sizes["compute"] > 0
-    print(f"{name}: model {sizes['model']:.2f} MiB, KV {sizes['kv']:.2f} MiB, compute {sizes['compute']:.2f} MiB")
-    model.unlink()
