@@ -442,7 +442,7 @@ def compute_bytes(spec: ModelSpec, n_kv: int, n_kv_swa: int, n_tokens: int, n_ou
 
     Inputs stay allocated for the whole graph: the KQ masks [n_kv, T] (f16 with flash attention, f32 without),
     one per cache (base and SWA), and ~40 bytes per token of ids/positions/output ids. The rest is
-    4 × max(compute_peak_floats). Calibrated on 56 measured runs of 13 architectures; see the accuracy table.
+    4 × max(compute_peak_floats). Calibrated on 113 measured runs of 12 models (tests/data/compute_points.json).
     """
     mask_el = 2 if flash_attn else 4
     masks = n_kv * n_tokens * mask_el + n_kv_swa * n_tokens * mask_el
