@@ -106,6 +106,167 @@ def check(
         sys.exit(4)
 
 
+@app.command()
+def probe(as_json: bool = typer.Option(False, "--json", help="print the devices as JSON")) -> None:
+    """Free memory per device: NVIDIA (NVML), AMD (amdsmi or sysfs), and system RAM."""
+    from .probe.devices import probe as run_probe
+    from .units import gib
+
+    r = run_probe()
+    for w in r.warnings:
+        _warn(w)
+    if as_json:
+        print(json.dumps({"devices": [d.as_dict() for d in r.devices], "warnings": r.warnings,
+                          "skipped": r.skipped}, indent=2))
+        return
+    print(f"{'device':<8}{'total':>14}{'free':>14}{'used':>14}  description")
+    for d in r.devices:
+        print(f"{d.name:<8}{gib(d.total_bytes):>14}{gib(d.free_bytes):>14}{gib(d.used_bytes):>14}  {d.description}"
+              + (f" (driver {d.driver}{', ' + d.runtime if d.runtime else ''})" if d.driver else ""))
+        for pr in d.processes:
+            used = gib(pr.used_bytes) if pr.used_bytes is not None else "?"
+            print(f"{'':<8}  pid {pr.pid} {pr.name}: {used}")
+
+
+@app.command()
+def plan(
+    model: str = typer.Argument(..., help="GGUF file"),
+    runtime: str = typer.Option("llamacpp", "--runtime", help="llamacpp or ollama"),
+    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+    emit: str = typer.Option("", "--emit", help="print only the llama-server arguments (args) or the Modelfile"),
+    free: Optional[List[str]] = typer.Option(None, "--free", help="DEVICE=SIZE, e.g. cuda0=24GiB or cpu=16GiB "
+                                             "(repeatable); replaces the probe"),
+    device: str = typer.Option("", "--device", help="cpu: plan for system RAM only"),
+    margin: str = typer.Option("", "--margin", help="memory to leave free on every device (default: 1 GiB per "
+                               "GPU; 1 GiB or 5 % of RAM)"),
+    max_ctx: int = typer.Option(0, "--max-ctx", help="largest context to consider (default: n_ctx_train)"),
+    min_ctx: int = typer.Option(4096, "--min-ctx", help="smallest acceptable context"),
+    kv_types: str = typer.Option("f16,q8_0,q8_0/q4_0,q4_0", "--kv-types", help="KV types to try, in order "
+                                 "(K/V for different types)"),
+    kv_type: str = typer.Option("", "--kv-type", help="force one KV type (e.g. q8_0 or q8_0/q4_0)"),
+    parallel: int = typer.Option(1, "--parallel", help="slots (each gets num_ctx tokens)"),
+    ubatch: int = typer.Option(512, "--ubatch", help="physical batch size"),
+    chart: str = typer.Option("", "--chart", help="write the memory-vs-context chart to FILE.svg or FILE.png"),
+) -> None:
+    """The largest safe context, the KV cache type and the GPU layers for MODEL on this machine (or --free)."""
+    from .model import load_spec
+    from .planner import PlanOptions, plan as run_plan
+    from .probe.cpu import host_repack_rules
+    from .report import plan_table, settings, svg_chart, text_chart
+
+    if runtime not in ("llamacpp", "ollama"):
+        raise typer.BadParameter("--runtime must be llamacpp or ollama")
+    if emit not in ("", "args", "modelfile"):
+        raise typer.BadParameter("--emit must be args or modelfile")
+    budgets = _budgets(free or [], device, margin)
+    kinds = [_kv_pair(t) for t in kv_types.split(",") if t.strip()]
+    opts = PlanOptions(runtime=runtime, max_ctx=max_ctx or None, min_ctx=min_ctx, kv_order=tuple(kinds),
+                       kv_forced=_kv_pair(kv_type) if kv_type else None, n_parallel=max(1, parallel),
+                       n_ubatch=ubatch, cpu_repack=host_repack_rules())
+    spec = load_spec(model)
+    p = run_plan(spec, budgets, opts)
+    args = p.llama_server_args()
+    modelfile = p.modelfile()
+    if chart:
+        _write_chart(chart, p, svg_chart)
+    if emit == "args":
+        print(" ".join(_quote(a) for a in args))
+        return
+    if emit == "modelfile":
+        print(modelfile, end="")
+        return
+    if as_json:
+        print(json.dumps({"plan": p.as_dict(), "buffers": [b.as_dict() for b in p.estimate.buffers],
+                          "budget": [{"device": b.device, "free_bytes": b.free_bytes, "margin_bytes": b.margin_bytes}
+                                     for b in p.budgets],
+                          "llama_server_args": args, "modelfile": modelfile, "reasons": p.reasons,
+                          "max_ctx_by_kv": p.max_ctx_by_kv}, indent=2))
+        return
+    print(f"{spec.path}: {spec.architecture}, {spec.n_layer} layers, n_ctx_train {spec.n_ctx_train}")
+    print(settings(p))
+    print()
+    print(plan_table(p))
+    print()
+    print(text_chart(p))
+    print()
+    print("llama-server " + " ".join(_quote(a) for a in args) if runtime == "llamacpp" else modelfile.rstrip())
+
+
+def _quote(a: str) -> str:
+    import shlex
+
+    return shlex.quote(a)
+
+
+def _kv_pair(text: str) -> tuple[str, str]:
+    from .errors import ArgsError
+    from .memory import KV_TYPES
+
+    k, _, v = text.strip().lower().partition("/")
+    v = v or k
+    for t in (k, v):
+        if t not in KV_TYPES:
+            raise ArgsError(f"unknown KV cache type {t!r} (allowed: {', '.join(KV_TYPES)})")
+    return k, v
+
+
+def _budgets(free: list[str], device: str, margin: str):
+    from .errors import ArgsError
+    from .planner import Budget, default_margin
+    from .units import device_name, parse_size
+
+    fixed_margin = parse_size(margin) if margin else None
+    given: dict[str, int] = {}
+    for item in free:
+        name, eq, size = item.partition("=")
+        if not eq:
+            raise ArgsError(f"--free expects DEVICE=SIZE, got {item!r}")
+        given[device_name(name)] = parse_size(size)
+    if device and device_name(device) != "CPU":
+        raise ArgsError("--device accepts only cpu (GPUs come from the probe or --free)")
+    cpu_only = bool(device)
+    if given:
+        if cpu_only:
+            given = {k: v for k, v in given.items() if k == "CPU"}
+        totals = {k: v for k, v in given.items()}
+    else:
+        from .probe.devices import probe as run_probe
+
+        r = run_probe()
+        for w in r.warnings:
+            _warn(w)
+        devs = [d for d in r.devices if not cpu_only or d.kind == "cpu"]
+        given = {d.name: d.free_bytes for d in devs}
+        totals = {d.name: d.total_bytes for d in devs}
+    if not given:
+        raise ArgsError("no device to plan for (use --free DEVICE=SIZE or --device cpu)")
+    return [Budget(name, size, fixed_margin if fixed_margin is not None else default_margin(name, totals[name]))
+            for name, size in given.items()]
+
+
+def _write_chart(path: str, p, svg_chart) -> None:
+    from .errors import ArgsError
+
+    if path.endswith(".svg"):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(svg_chart(p))
+        import os
+
+        os.replace(tmp, path)
+        return
+    if path.endswith(".png"):
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ArgsError("--chart FILE.png needs matplotlib (pip install matplotlib); FILE.svg needs nothing")
+        from .report import png_chart
+
+        png_chart(p, path)
+        return
+    raise ArgsError("--chart must end in .svg or .png")
+
+
 def estimate_json(est) -> dict:
     p = est.params
     args = p.as_dict()

@@ -456,6 +456,30 @@ def compute_bytes(spec: ModelSpec, n_kv: int, n_kv_swa: int, n_tokens: int, n_ou
     return 40 * n_tokens + max(layers, out_peak)
 
 
+def gpu_compute_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], out_dev: str, compute: int,
+                        n_tokens: int) -> list[Buffer]:
+    """Compute buffers when layers are offloaded (UNVERIFIED on real GPUs: no GPU was lent to measure them).
+
+    Each GPU holding layers reserves the graph's peak for its part (the closed form); with a partial offload the
+    scheduler also copies CPU-resident weights to the GPU for batches >= 32 (op_offload, ggml-cuda.cu), so the first
+    GPU holds the largest CPU-resident matmul weight as well. The host side keeps the input embeddings
+    (token_embd is always on the CPU) in the device's pinned *_Host buffer.
+    """
+    out: list[Buffer] = []
+    gpus = [d.name for d in p.devices if d.name in layer_dev or d.name == out_dev]
+    cpu_layers = [il for il, d in enumerate(layer_dev) if d == CPU]
+    extra = 0
+    if cpu_layers:
+        sizes = [t.nbytes for t, li in zip(spec.tensors, spec.tensor_layer)
+                 if li in cpu_layers and len(t.shape) >= 2]
+        extra = max(sizes, default=0)
+    for i, g in enumerate(gpus):
+        out.append(Buffer(g, "compute", compute + (extra if i == 0 else 0), g))
+    host = next(d.host_buffer for d in p.devices if d.name == gpus[0])
+    out.append(Buffer(CPU, "compute", 4 * spec.n_embd * n_tokens * 2 + 40 * n_tokens, host))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The whole estimate
 # ----------------------------------------------------------------------------------------------------------------
@@ -479,11 +503,15 @@ def estimate(spec: ModelSpec, params: Params) -> Estimate:
     host = CPU if out_dev == CPU else next(d.host_buffer for d in p.devices if d.name == out_dev)
     buffers.append(Buffer(CPU, "output", output_bytes(spec, p), host))
     n_tokens = min(n_ctx, n_ubatch)
-    compute = compute_bytes(spec, n_ctx_seq, n_swa_cells, n_tokens, min(n_tokens, n_outputs_max), fa)
-    buffers.append(Buffer(CPU, "compute", compute, CPU))
+    n_out = min(n_tokens, n_outputs_max)
+    compute = compute_bytes(spec, n_ctx_seq, n_swa_cells, n_tokens, n_out, fa)
     notes: list[str] = []
-    if p.devices:
-        notes.append("GPU compute buffers are not modelled yet; the compute figure is the CPU-run closed form")
+    gpu_layers = [d for d in dict.fromkeys(layer_dev + [out_dev]) if d != CPU]
+    if not gpu_layers:
+        buffers.append(Buffer(CPU, "compute", compute, CPU))
+    else:
+        buffers += gpu_compute_buffers(spec, p, layer_dev, out_dev, compute, n_tokens)
+        notes.append("GPU compute buffers use the CPU-calibrated closed form; not yet checked against a GPU run")
     if p.fit and p.n_ctx <= 0:
         notes.append("-c unset with --fit on: llama-server may lower the context to fit free memory")
     return Estimate(spec, p, n_ctx, n_ctx_seq, n_batch, n_ubatch, n_outputs_max, fa, n_ctx_seq, n_swa_cells, ngl,

@@ -1,0 +1,277 @@
+"""The planner: from free memory per device to the largest safe context, the KV cache type and the GPU layers.
+
+Pure: it takes a ModelSpec and budgets (free bytes and margin per device) and asks `memory.estimate` what each
+candidate allocates. Memory grows monotonically with the context, so the largest context that fits is found by
+bisection over multiples of 256 (llama.cpp pads to 256 anyway): ~10 estimates per KV type, not one per step.
+
+Choices, in order:
+1. the context: the target is n_ctx_train (or --max-ctx); never below --min-ctx (4096, or n_ctx_train if smaller);
+2. quality first: the first KV type in the order (f16 → q8_0 → q8_0/q4_0 → q4_0) that reaches the target with
+   every layer on the GPUs; if none reaches it, the one that gives the largest context;
+3. layers: all on the GPUs if --min-ctx fits that way; else the most layers that still leave room for --min-ctx;
+4. several GPUs: layers split in proportion to usable memory (free − margin), emitted as --tensor-split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .errors import AutoctxError
+from .memory import CPU, Device, Estimate, Params, estimate
+from .model import ModelSpec
+
+GiB = 1024**3
+MiB = 1024**2
+# Default margins: a GPU loses ~0.3–0.6 GiB to the CUDA/HIP context and cuBLAS/rocBLAS workspaces that no
+# llama.cpp buffer shows, plus allocator rounding; llama.cpp's own --fit keeps 1 GiB free per device. System RAM
+# keeps 1 GiB or 5 % of it, whichever is larger, for the OS and the page cache.
+GPU_MARGIN = 1 * GiB
+DEFAULT_KV_ORDER: tuple[tuple[str, str], ...] = (("f16", "f16"), ("q8_0", "q8_0"), ("q8_0", "q4_0"), ("q4_0", "q4_0"))
+
+
+class PlanError(AutoctxError):
+    """Nothing fits: the message says how much is missing."""
+
+
+def default_margin(device: str, total_bytes: int) -> int:
+    if device == CPU:
+        return max(1 * GiB, total_bytes // 20)
+    return GPU_MARGIN
+
+
+@dataclass(frozen=True)
+class Budget:
+    device: str  # CPU, CUDA0, ROCm1 ...
+    free_bytes: int
+    margin_bytes: int
+
+    @property
+    def usable(self) -> int:
+        return self.free_bytes - self.margin_bytes
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    runtime: str = "llamacpp"  # llamacpp | ollama
+    max_ctx: int | None = None
+    min_ctx: int = 4096
+    kv_order: tuple[tuple[str, str], ...] = DEFAULT_KV_ORDER
+    kv_forced: tuple[str, str] | None = None
+    n_parallel: int = 1
+    n_ubatch: int = 512
+    n_batch: int = 2048
+    flash_attn: str = "auto"
+    cpu_repack: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    spec: ModelSpec
+    num_ctx: int
+    cache_type_k: str
+    cache_type_v: str
+    flash_attn: str
+    n_gpu_layers: int
+    n_parallel: int
+    ubatch: int
+    tensor_split: tuple[float, ...] | None
+    estimate: Estimate
+    budgets: list[Budget]
+    reasons: list[str]
+    max_ctx_by_kv: dict[str, int]  # "f16/f16" -> largest context that fits (0: not even 256)
+    params: Params
+
+    def llama_server_args(self, model_path: str | None = None) -> list[str]:
+        """Every memory-relevant flag set explicitly, --fit off, so the runtime cannot re-decide."""
+        argv = ["-m", model_path or self.spec.path, "-c", str(self.num_ctx * self.n_parallel),
+                "-np", str(self.n_parallel), "-ctk", self.cache_type_k, "-ctv", self.cache_type_v,
+                "-fa", self.flash_attn, "-ngl", str(self.n_gpu_layers), "-ub", str(self.ubatch)]
+        if self.n_parallel > 1:
+            argv.append("-no-kvu")
+        if self.tensor_split:
+            argv += ["-ts", ",".join(f"{x:g}" for x in self.tensor_split)]
+        return argv + ["--fit", "off"]
+
+    def modelfile(self, from_: str | None = None) -> str:
+        """An Ollama Modelfile. The KV type is a server-wide env var in Ollama, not a Modelfile parameter."""
+        lines = [f"FROM {from_ or self.spec.path}", f"PARAMETER num_ctx {self.num_ctx}"]
+        if self.n_gpu_layers < self.spec.n_layer + 1:
+            lines.append(f"PARAMETER num_gpu {self.n_gpu_layers}")
+        if (self.cache_type_k, self.cache_type_v) != ("f16", "f16"):
+            kv = self.cache_type_k if self.cache_type_k == self.cache_type_v else f"{self.cache_type_k}"
+            lines += ["# KV cache type: Ollama has no Modelfile parameter for it; the server needs",
+                      f"#   OLLAMA_KV_CACHE_TYPE={kv} OLLAMA_FLASH_ATTENTION=1 ollama serve"]
+            if self.cache_type_k != self.cache_type_v:
+                lines.append(f"#   (Ollama uses one type for K and V; this plan assumed K={self.cache_type_k}, "
+                             f"V={self.cache_type_v})")
+        return "\n".join(lines) + "\n"
+
+    def as_dict(self) -> dict:
+        return {"num_ctx": self.num_ctx, "cache_type_k": self.cache_type_k, "cache_type_v": self.cache_type_v,
+                "flash_attn": self.flash_attn, "n_gpu_layers": self.n_gpu_layers, "n_parallel": self.n_parallel,
+                "ubatch": self.ubatch}
+
+
+def _kv_label(kv: tuple[str, str]) -> str:
+    return kv[0] if kv[0] == kv[1] else f"{kv[0]}/{kv[1]}"
+
+
+class _Search:
+    """Memoised estimates for one model and budget set."""
+
+    def __init__(self, spec: ModelSpec, budgets: list[Budget], opts: PlanOptions):
+        self.spec, self.budgets, self.opts = spec, budgets, opts
+        self.gpus = [b for b in budgets if b.device != CPU]
+        split = None
+        if len(self.gpus) > 1:
+            split = tuple(float(max(b.usable, 0) // MiB) for b in self.gpus)
+        self.tensor_split = split
+        self.base = Params(
+            n_parallel=opts.n_parallel, kv_unified=False, n_batch=opts.n_batch, n_ubatch=opts.n_ubatch,
+            flash_attn=opts.flash_attn, fit=False, tensor_split=split, cpu_repack=dict(opts.cpu_repack),
+            devices=tuple(Device(b.device, b.free_bytes) for b in self.gpus),
+        )
+        self.cache: dict[tuple, Estimate | None] = {}
+
+    def params(self, ctx: int, kv: tuple[str, str], ngl: int) -> Params:
+        fa = self.opts.flash_attn
+        if fa == "auto" and kv[1] not in ("f16", "f32", "bf16"):
+            fa = "on"  # a quantized V cache needs flash attention; say it explicitly
+        return replace(self.base, n_ctx=ctx * self.opts.n_parallel, cache_type_k=kv[0], cache_type_v=kv[1],
+                       n_gpu_layers=ngl if self.gpus else 0, flash_attn=fa)
+
+    def estimate(self, ctx: int, kv: tuple[str, str], ngl: int) -> Estimate | None:
+        key = (ctx, kv, ngl)
+        if key not in self.cache:
+            try:
+                self.cache[key] = estimate(self.spec, self.params(ctx, kv, ngl))
+            except AutoctxError:
+                self.cache[key] = None  # this KV type cannot be used with this model (width, MLA, FA)
+        return self.cache[key]
+
+    def over(self, est: Estimate) -> dict[str, int]:
+        """Bytes over budget per device (empty: it fits)."""
+        out = {}
+        for b in self.budgets:
+            used = est.device_bytes(b.device)
+            if used > b.usable:
+                out[b.device] = used - b.usable
+        return out
+
+    def fits(self, ctx: int, kv: tuple[str, str], ngl: int) -> bool:
+        est = self.estimate(ctx, kv, ngl)
+        return est is not None and not self.over(est)
+
+    def max_ctx(self, kv: tuple[str, str], ngl: int, hi: int) -> int:
+        """Largest multiple of 256 ≤ hi that fits (0 if not even 256): bisection on a monotone predicate."""
+        lo_k, hi_k = 0, hi // 256
+        if hi_k == 0:
+            return 0
+        if self.fits(hi_k * 256, kv, ngl):
+            return hi_k * 256
+        while hi_k - lo_k > 1:
+            mid = (lo_k + hi_k) // 2
+            if self.fits(mid * 256, kv, ngl):
+                lo_k = mid
+            else:
+                hi_k = mid
+        return lo_k * 256
+
+
+def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None) -> Plan:
+    opts = opts or PlanOptions()
+    if not budgets:
+        raise PlanError("no device to plan for")
+    s = _Search(spec, budgets, opts)
+    reasons: list[str] = []
+    target = min(spec.n_ctx_train, opts.max_ctx or spec.n_ctx_train)
+    target = max(256, target // 256 * 256)
+    min_ctx = max(256, min(opts.min_ctx, spec.n_ctx_train) // 256 * 256)
+    min_ctx = min(min_ctx, target)
+    order = (opts.kv_forced,) if opts.kv_forced else opts.kv_order
+    all_layers = spec.n_layer + 1 if s.gpus else 0
+    usable = [k for k in order if s.estimate(256, k, all_layers) is not None]
+    if not usable:
+        raise PlanError("none of the KV cache types " + ", ".join(_kv_label(k) for k in order)
+                        + " can be used with this model and flash-attention setting")
+    skipped = [k for k in order if k not in usable]
+    if skipped:
+        reasons.append("KV " + ", ".join(_kv_label(k) for k in skipped) + " not possible for this model "
+                       "(head width not divisible by the block size, MLA needs K = V, or flash attention off)")
+
+    def choose(ngl: int) -> tuple[tuple[str, str], int, dict[str, int]]:
+        found: dict[str, int] = {}
+        for kv in usable:
+            found[_kv_label(kv)] = c = s.max_ctx(kv, ngl, target)
+            if c >= target:
+                return kv, c, found
+        best = max(usable, key=lambda k: found[_kv_label(k)])
+        return best, found[_kv_label(best)], found
+
+    ngl = all_layers
+    kv, ctx, found = choose(ngl)
+    if ctx < min_ctx and s.gpus:
+        # fewer layers on the GPUs: the most that still leave room for min_ctx with the most compact KV type
+        compact = usable[-1]
+        lo, hi = -1, ngl  # invariant: fits(lo) (or lo = -1), not fits(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if s.fits(min_ctx, compact, mid):
+                lo = mid
+            else:
+                hi = mid
+        if lo >= 0:
+            ngl = lo
+            kv, ctx, found = choose(ngl)
+    if ctx < min_ctx:
+        est = s.estimate(min_ctx, usable[-1], ngl)
+        missing = s.over(est) if est else {}
+        what = ", ".join(f"{d}: {v / GiB:.2f} GiB" for d, v in missing.items()) or "unknown"
+        raise PlanError(f"{spec.name or spec.path}: even {min_ctx} tokens with KV {_kv_label(usable[-1])} do not fit "
+                        f"(missing {what} beyond free − margin)")
+    est = s.estimate(ctx, kv, ngl)
+    assert est is not None
+    p = s.params(ctx, kv, ngl)
+
+    # --- reasons ---
+    label = _kv_label(kv)
+    if ctx >= target:
+        why = "the model's trained context" if target == spec.n_ctx_train else "the --max-ctx target"
+        reasons.insert(0, f"context {ctx}: {why} fits")
+    else:
+        limits = ", ".join(f"{b.device} {b.usable / GiB:.1f} GiB usable" for b in budgets)
+        reasons.insert(0, f"context {ctx}: the largest multiple of 256 that fits ({limits})")
+    if kv == usable[0]:
+        reasons.append(f"KV cache {label}: full quality, and it reaches the target")
+    else:
+        first = _kv_label(usable[0])
+        reasons.append(f"KV cache {label}: {first} would fit only {found.get(first, 0)} tokens")
+    if s.gpus:
+        if ngl == all_layers:
+            reasons.append(f"all {spec.n_layer} layers + output on the GPU{'s' if len(s.gpus) > 1 else ''}")
+        else:
+            on = max(ngl - 1, 0)
+            reasons.append(f"only {on} of {spec.n_layer} layers fit on the GPU with {min_ctx} tokens: the rest run "
+                           f"on the CPU, expect generation several times slower than a full offload")
+        if s.tensor_split:
+            reasons.append("layers split across GPUs in proportion to usable memory: -ts "
+                           + ",".join(f"{x:g}" for x in s.tensor_split))
+    if opts.n_parallel > 1:
+        reasons.append(f"{opts.n_parallel} slots of {ctx} tokens each (KV cache × {opts.n_parallel})")
+    return Plan(spec, ctx, kv[0], kv[1], p.flash_attn, ngl if s.gpus else 0, opts.n_parallel, opts.n_ubatch,
+                s.tensor_split, est, budgets, reasons, found, p)
+
+
+def memory_curve(spec: ModelSpec, plan_: Plan, kv: tuple[str, str], points: int = 24) -> list[tuple[int, int]]:
+    """(context, bytes on the tightest device) for a chart, at the plan's layer placement."""
+    s = _Search(spec, plan_.budgets, PlanOptions(n_parallel=plan_.n_parallel, n_ubatch=plan_.ubatch,
+                                                  flash_attn="auto", cpu_repack=dict(plan_.params.cpu_repack)))
+    dev = min(plan_.budgets, key=lambda b: b.usable - plan_.estimate.device_bytes(b.device)).device
+    out = []
+    top = spec.n_ctx_train
+    for i in range(1, points + 1):
+        ctx = max(256, top * i // points // 256 * 256)
+        est = s.estimate(ctx, kv, plan_.n_gpu_layers)
+        if est is not None:
+            out.append((ctx, est.device_bytes(dev)))
+    return out

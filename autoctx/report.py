@@ -1,0 +1,138 @@
+"""Human-readable output for plans: where the memory goes, why, and a chart of memory against context."""
+
+from __future__ import annotations
+
+from .planner import Plan, memory_curve
+
+GiB = 1024**3
+
+
+def _g(n: float) -> str:
+    return f"{n / GiB:,.2f}"
+
+
+def plan_table(p: Plan) -> str:
+    est = p.estimate
+    head = f"{'device':<8}{'weights':>10}{'KV':>10}{'compute':>10}{'output':>10}{'total':>10}{'margin':>10}" \
+           f"{'free':>10}{'left':>10}   (GiB)"
+    lines = [head]
+    for b in p.budgets:
+        w, kv, c, o = (est.kind_bytes(k, b.device) for k in ("model", "kv", "compute", "output"))
+        total = w + kv + c + o
+        lines.append(f"{b.device:<8}{_g(w):>10}{_g(kv):>10}{_g(c):>10}{_g(o):>10}{_g(total):>10}"
+                     f"{_g(b.margin_bytes):>10}{_g(b.free_bytes):>10}{_g(b.usable - total):>10}")
+    return "\n".join(lines)
+
+
+def settings(p: Plan) -> str:
+    kv = p.cache_type_k if p.cache_type_k == p.cache_type_v else f"{p.cache_type_k} (K) / {p.cache_type_v} (V)"
+    out = [f"num_ctx {p.num_ctx}   KV {kv}   flash-attn {p.flash_attn}   GPU layers {p.n_gpu_layers}"
+           f"   slots {p.n_parallel}   ubatch {p.ubatch}"]
+    out += [f"  - {r}" for r in p.reasons]
+    return "\n".join(out)
+
+
+def _curves(p: Plan) -> dict[str, list[tuple[int, int]]]:
+    curves = {}
+    for label in p.max_ctx_by_kv:
+        k, _, v = label.partition("/")
+        curves[label] = memory_curve(p.spec, p, (k, v or k))
+    return curves
+
+
+def text_chart(p: Plan, width: int = 56, height: int = 10) -> str:
+    """Memory on the tightest device against context, one letter per KV type; '=' the budget, '*' the plan."""
+    curves = _curves(p)
+    tight = min(p.budgets, key=lambda b: b.usable - p.estimate.device_bytes(b.device))
+    budget = tight.usable
+    top = max([budget] + [y for c in curves.values() for _, y in c]) * 1.05
+    xmax = p.spec.n_ctx_train
+    grid = [[" "] * width for _ in range(height)]
+
+    def cell(x: float, y: float) -> tuple[int, int]:
+        col = min(width - 1, int(x / xmax * (width - 1)))
+        row = min(height - 1, max(0, height - 1 - int(y / top * (height - 1))))
+        return row, col
+
+    row_budget, _ = cell(0, budget)
+    for c in range(width):
+        grid[row_budget][c] = "="
+    marks = {}
+    for i, (label, pts) in enumerate(curves.items()):
+        mark = "abcdefgh"[i]
+        marks[mark] = label
+        for x, y in pts:
+            r, c = cell(x, y)
+            grid[r][c] = mark
+    r, c = cell(p.num_ctx, p.estimate.device_bytes(tight.device))
+    grid[r][c] = "*"
+    lines = [f"{_g(top):>7} |" + "".join(grid[0])]
+    lines += ["        |" + "".join(row) for row in grid[1:]]
+    lines.append("        +" + "-" * width)
+    lines.append(f"         0{'context':^{width - 12}}{xmax:>10}")
+    legend = "  ".join(f"{m}={label} (fits {p.max_ctx_by_kv[label]})" for m, label in marks.items())
+    lines.append(f"  {tight.device}: {legend}  '=' budget {_g(budget)} GiB  '*' plan")
+    return "\n".join(lines)
+
+
+def svg_chart(p: Plan) -> str:
+    """The same chart as an SVG picture (no plotting library needed)."""
+    curves = _curves(p)
+    tight = min(p.budgets, key=lambda b: b.usable - p.estimate.device_bytes(b.device))
+    budget = tight.usable
+    top = max([budget] + [y for c in curves.values() for _, y in c]) * 1.05
+    W, H, L, B = 640, 400, 70, 50
+    xmax = p.spec.n_ctx_train
+
+    def xy(x: float, y: float) -> tuple[float, float]:
+        return L + x / xmax * (W - L - 20), H - B - y / top * (H - B - 20)
+
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
+             'font-size="12">', f'<rect width="{W}" height="{H}" fill="white"/>',
+             f'<line x1="{L}" y1="{H - B}" x2="{W - 20}" y2="{H - B}" stroke="black"/>',
+             f'<line x1="{L}" y1="20" x2="{L}" y2="{H - B}" stroke="black"/>',
+             f'<text x="{(W + L) / 2}" y="{H - 15}" text-anchor="middle">context (tokens, max {xmax})</text>',
+             f'<text x="15" y="{(H - B) / 2}" transform="rotate(-90 15 {(H - B) / 2})" text-anchor="middle">'
+             f'GiB on {tight.device}</text>']
+    bx0, by = xy(0, budget)
+    bx1, _ = xy(xmax, budget)
+    parts.append(f'<line x1="{bx0}" y1="{by}" x2="{bx1}" y2="{by}" stroke="gray" stroke-dasharray="6,4"/>')
+    parts.append(f'<text x="{bx1}" y="{by - 5}" text-anchor="end" fill="gray">budget {_g(budget)} GiB</text>')
+    for i, (label, pts) in enumerate(curves.items()):
+        col = colors[i % len(colors)]
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(a, b) for a, b in pts))
+        parts.append(f'<polyline fill="none" stroke="{col}" stroke-width="2" points="{path}"/>')
+        parts.append(f'<text x="{L + 10}" y="{35 + 16 * i}" fill="{col}">{label}: fits '
+                     f'{p.max_ctx_by_kv[label]}</text>')
+    px, py = xy(p.num_ctx, p.estimate.device_bytes(tight.device))
+    parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="5" fill="black"/>')
+    parts.append(f'<text x="{px + 8:.1f}" y="{py - 8:.1f}">plan: {p.num_ctx}</text>')
+    for i in range(5):
+        v = top * i / 4
+        _, y = xy(0, v)
+        parts.append(f'<text x="{L - 5}" y="{y + 4:.1f}" text-anchor="end">{_g(v)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def png_chart(p: Plan, path: str) -> None:
+    """The chart as a PNG, with matplotlib (optional dependency)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = _curves(p)
+    tight = min(p.budgets, key=lambda b: b.usable - p.estimate.device_bytes(b.device))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, pts in curves.items():
+        ax.plot([x for x, _ in pts], [y / GiB for _, y in pts], label=f"{label} (fits {p.max_ctx_by_kv[label]})")
+    ax.axhline(tight.usable / GiB, color="gray", linestyle="--", label="budget (free − margin)")
+    ax.plot([p.num_ctx], [p.estimate.device_bytes(tight.device) / GiB], "ko", label=f"plan: {p.num_ctx}")
+    ax.set_xlabel("context (tokens)")
+    ax.set_ylabel(f"GiB on {tight.device}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
