@@ -147,6 +147,7 @@ def plan(
     parallel: int = typer.Option(1, "--parallel", help="slots (each gets num_ctx tokens)"),
     ubatch: int = typer.Option(512, "--ubatch", help="physical batch size"),
     chart: str = typer.Option("", "--chart", help="write the memory-vs-context chart to FILE.svg or FILE.png"),
+    no_repack: bool = typer.Option(False, "--no-repack", help="plan for llama-server --no-repack"),
 ) -> None:
     """The largest safe context, the KV cache type and the GPU layers for MODEL on this machine (or --free)."""
     from .model import load_spec
@@ -162,7 +163,7 @@ def plan(
     kinds = [_kv_pair(t) for t in kv_types.split(",") if t.strip()]
     opts = PlanOptions(runtime=runtime, max_ctx=max_ctx or None, min_ctx=min_ctx, kv_order=tuple(kinds),
                        kv_forced=_kv_pair(kv_type) if kv_type else None, n_parallel=max(1, parallel),
-                       n_ubatch=ubatch, cpu_repack=host_repack_rules())
+                       n_ubatch=ubatch, repack=not no_repack, cpu_repack=host_repack_rules())
     spec = load_spec(model)
     p = run_plan(spec, budgets, opts)
     args = p.llama_server_args()

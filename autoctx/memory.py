@@ -132,6 +132,11 @@ class Buffer:
     bytes: int
     name: str = ""  # llama.cpp's buffer name (CPU_Mapped, CPU_REPACK, CUDA0, CUDA_Host...)
     detail: str = ""  # e.g. "non-SWA 8192 cells 3 layers"
+    resident: int | None = None  # bytes that stay in memory, when less than `bytes` (see model_buffers)
+
+    @property
+    def resident_bytes(self) -> int:
+        return self.bytes if self.resident is None else self.resident
 
     def as_dict(self) -> dict[str, Any]:
         return {"device": self.device, "kind": self.kind, "bytes": self.bytes, "name": self.name,
@@ -162,6 +167,10 @@ class Estimate:
 
     def device_bytes(self, device: str) -> int:
         return sum(b.bytes for b in self.buffers if b.device == device)
+
+    def resident_bytes(self, device: str) -> int:
+        """What stays in memory: a memory-mapped range counts only the tensors read from it after loading."""
+        return sum(b.resident_bytes for b in self.buffers if b.device == device)
 
     def kind_bytes(self, kind: str, device: str | None = None) -> int:
         return sum(b.bytes for b in self.buffers if b.kind == kind and (device is None or b.device == device))
@@ -258,6 +267,7 @@ def model_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], output_dev: 
     devs = {d.name: d for d in p.devices}
     gpu_bytes: dict[str, int] = {}
     cpu_ranges: dict[int, list[int]] = {}  # file index -> [first, last] absolute offsets (mmap)
+    cpu_mapped_used: dict[int, int] = {}  # file index -> bytes of the tensors the CPU reads from the mapping
     cpu_alloc = 0  # CPU bytes when not memory-mapped
     repack = 0
     for t, li in zip(spec.tensors, spec.tensor_layer):
@@ -275,6 +285,7 @@ def model_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], output_dev: 
             start = spec.data_offsets[t.file_index] + t.offset
             r = cpu_ranges.setdefault(t.file_index, [start, start + t.nbytes])
             r[0], r[1] = min(r[0], start), max(r[1], start + t.nbytes)
+            cpu_mapped_used[t.file_index] = cpu_mapped_used.get(t.file_index, 0) + t.nbytes
         else:
             cpu_alloc += pad(t.nbytes, CPU_ALIGNMENT)
     # A tied output (no output.weight) is token_embd duplicated onto the output layer's device; on the CPU the
@@ -291,7 +302,10 @@ def model_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], output_dev: 
             out.append(Buffer(dev.name, "model", gpu_bytes[dev.name], dev.name))
     for idx in sorted(cpu_ranges):
         first, last = cpu_ranges[idx]
-        out.append(Buffer(CPU, "model", last - first, "CPU_Mapped", f"file {idx + 1}" if idx else ""))
+        # The mapped range also spans tensors that live elsewhere (repacked, offloaded): their pages are read once
+        # while loading and are reclaimable page cache afterwards, so they do not count as resident.
+        out.append(Buffer(CPU, "model", last - first, "CPU_Mapped", f"file {idx + 1}" if idx else "",
+                          resident=min(last - first, cpu_mapped_used[idx])))
     if cpu_alloc:
         out.append(Buffer(CPU, "model", cpu_alloc, "CPU"))
     if repack:
@@ -437,7 +451,22 @@ def compute_peak_floats(spec: ModelSpec, n_kv: int, n_tokens: int, n_outputs: in
     return peaks
 
 
-def compute_bytes(spec: ModelSpec, n_kv: int, n_kv_swa: int, n_tokens: int, n_outputs: int, flash_attn: bool) -> int:
+def rotation_input_bytes(head_k: int, head_v: int, type_k: str, type_v: str, is_mla: bool) -> int:
+    """Hadamard rotation matrices fed to the graph for a quantized cache (llama-kv-cache.cpp attn_rot_k/v):
+    K uses the largest power-of-two block (from 64) that divides the head size, V always 64; f32 [n, n] each."""
+    total = 0
+    if is_quantized(type_k) and head_k % 64 == 0:
+        n = 64
+        while head_k % (2 * n) == 0:
+            n *= 2
+        total += 4 * n * n
+    if not is_mla and is_quantized(type_v) and head_v % 64 == 0:
+        total += 4 * 64 * 64
+    return total
+
+
+def compute_bytes(spec: ModelSpec, n_kv: int, n_kv_swa: int, n_tokens: int, n_outputs: int, flash_attn: bool,
+                  type_k: str = "f16", type_v: str = "f16") -> int:
     """The CPU compute buffer of a CPU run (sched_reserve's pp graph): inputs + the largest live set.
 
     Inputs stay allocated for the whole graph: the KQ masks [n_kv, T] (f16 with flash attention, f32 without),
@@ -446,6 +475,10 @@ def compute_bytes(spec: ModelSpec, n_kv: int, n_kv_swa: int, n_tokens: int, n_ou
     """
     mask_el = 2 if flash_attn else 4
     masks = n_kv * n_tokens * mask_el + n_kv_swa * n_tokens * mask_el
+    # one rotation input per cache (base, and SWA when there is one)
+    masks += rotation_input_bytes(spec.head_k, spec.head_v, type_k, type_v, spec.is_mla)
+    if n_kv_swa:
+        masks += rotation_input_bytes(spec.head_k_swa, spec.head_v_swa, type_k, type_v, spec.is_mla)
     peaks = compute_peak_floats(spec, n_kv, n_tokens, n_outputs, flash_attn)
     out = 4 * peaks.pop("output")
     layers = masks + 4 * max(peaks.values())
@@ -504,7 +537,7 @@ def estimate(spec: ModelSpec, params: Params) -> Estimate:
     buffers.append(Buffer(CPU, "output", output_bytes(spec, p), host))
     n_tokens = min(n_ctx, n_ubatch)
     n_out = min(n_tokens, n_outputs_max)
-    compute = compute_bytes(spec, n_ctx_seq, n_swa_cells, n_tokens, n_out, fa)
+    compute = compute_bytes(spec, n_ctx_seq, n_swa_cells, n_tokens, n_out, fa, p.cache_type_k, p.cache_type_v)
     notes: list[str] = []
     gpu_layers = [d for d in dict.fromkeys(layer_dev + [out_dev]) if d != CPU]
     if not gpu_layers:

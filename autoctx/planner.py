@@ -61,6 +61,7 @@ class PlanOptions:
     n_ubatch: int = 512
     n_batch: int = 2048
     flash_attn: str = "auto"
+    repack: bool = True
     cpu_repack: dict[str, int] = field(default_factory=dict)
 
 
@@ -90,12 +91,14 @@ class Plan:
             argv.append("-no-kvu")
         if self.tensor_split:
             argv += ["-ts", ",".join(f"{x:g}" for x in self.tensor_split)]
+        if not self.params.repack:
+            argv.append("--no-repack")
         return argv + ["--fit", "off"]
 
     def modelfile(self, from_: str | None = None) -> str:
         """An Ollama Modelfile. The KV type is a server-wide env var in Ollama, not a Modelfile parameter."""
         lines = [f"FROM {from_ or self.spec.path}", f"PARAMETER num_ctx {self.num_ctx}"]
-        if self.n_gpu_layers < self.spec.n_layer + 1:
+        if any(b.device != CPU for b in self.budgets) and self.n_gpu_layers < self.spec.n_layer + 1:
             lines.append(f"PARAMETER num_gpu {self.n_gpu_layers}")
         if (self.cache_type_k, self.cache_type_v) != ("f16", "f16"):
             kv = self.cache_type_k if self.cache_type_k == self.cache_type_v else f"{self.cache_type_k}"
@@ -105,6 +108,10 @@ class Plan:
                 lines.append(f"#   (Ollama uses one type for K and V; this plan assumed K={self.cache_type_k}, "
                              f"V={self.cache_type_v})")
         return "\n".join(lines) + "\n"
+
+    def tight_device(self) -> Budget:
+        """The budget with the least room left: the one that limits the context."""
+        return min(self.budgets, key=lambda b: b.usable - self.estimate.resident_bytes(b.device))
 
     def as_dict(self) -> dict:
         return {"num_ctx": self.num_ctx, "cache_type_k": self.cache_type_k, "cache_type_v": self.cache_type_v,
@@ -128,7 +135,8 @@ class _Search:
         self.tensor_split = split
         self.base = Params(
             n_parallel=opts.n_parallel, kv_unified=False, n_batch=opts.n_batch, n_ubatch=opts.n_ubatch,
-            flash_attn=opts.flash_attn, fit=False, tensor_split=split, cpu_repack=dict(opts.cpu_repack),
+            flash_attn=opts.flash_attn, fit=False, tensor_split=split, repack=opts.repack,
+            cpu_repack=dict(opts.cpu_repack),
             devices=tuple(Device(b.device, b.free_bytes) for b in self.gpus),
         )
         self.cache: dict[tuple, Estimate | None] = {}
@@ -153,7 +161,7 @@ class _Search:
         """Bytes over budget per device (empty: it fits)."""
         out = {}
         for b in self.budgets:
-            used = est.device_bytes(b.device)
+            used = est.resident_bytes(b.device)
             if used > b.usable:
                 out[b.device] = used - b.usable
         return out
@@ -220,8 +228,8 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
                 lo = mid
             else:
                 hi = mid
+        ngl = max(lo, 0)  # nothing fits at all: report the missing memory with every layer on the CPU
         if lo >= 0:
-            ngl = lo
             kv, ctx, found = choose(ngl)
     if ctx < min_ctx:
         est = s.estimate(min_ctx, usable[-1], ngl)
@@ -265,13 +273,14 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
 def memory_curve(spec: ModelSpec, plan_: Plan, kv: tuple[str, str], points: int = 24) -> list[tuple[int, int]]:
     """(context, bytes on the tightest device) for a chart, at the plan's layer placement."""
     s = _Search(spec, plan_.budgets, PlanOptions(n_parallel=plan_.n_parallel, n_ubatch=plan_.ubatch,
-                                                  flash_attn="auto", cpu_repack=dict(plan_.params.cpu_repack)))
-    dev = min(plan_.budgets, key=lambda b: b.usable - plan_.estimate.device_bytes(b.device)).device
+                                                  flash_attn="auto", repack=plan_.params.repack,
+                                                  cpu_repack=dict(plan_.params.cpu_repack)))
+    dev = plan_.tight_device().device
     out = []
     top = spec.n_ctx_train
     for i in range(1, points + 1):
         ctx = max(256, top * i // points // 256 * 256)
         est = s.estimate(ctx, kv, plan_.n_gpu_layers)
         if est is not None:
-            out.append((ctx, est.device_bytes(dev)))
+            out.append((ctx, est.resident_bytes(dev)))
     return out

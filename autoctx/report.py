@@ -17,7 +17,8 @@ def plan_table(p: Plan) -> str:
            f"{'free':>10}{'left':>10}   (GiB)"
     lines = [head]
     for b in p.budgets:
-        w, kv, c, o = (est.kind_bytes(k, b.device) for k in ("model", "kv", "compute", "output"))
+        w, kv, c, o = (sum(x.resident_bytes for x in est.buffers if x.kind == k and x.device == b.device)
+                       for k in ("model", "kv", "compute", "output"))
         total = w + kv + c + o
         lines.append(f"{b.device:<8}{_g(w):>10}{_g(kv):>10}{_g(c):>10}{_g(o):>10}{_g(total):>10}"
                      f"{_g(b.margin_bytes):>10}{_g(b.free_bytes):>10}{_g(b.usable - total):>10}")
@@ -43,7 +44,7 @@ def _curves(p: Plan) -> dict[str, list[tuple[int, int]]]:
 def text_chart(p: Plan, width: int = 56, height: int = 10) -> str:
     """Memory on the tightest device against context, one letter per KV type; '=' the budget, '*' the plan."""
     curves = _curves(p)
-    tight = min(p.budgets, key=lambda b: b.usable - p.estimate.device_bytes(b.device))
+    tight = p.tight_device()
     budget = tight.usable
     top = max([budget] + [y for c in curves.values() for _, y in c]) * 1.05
     xmax = p.spec.n_ctx_train
@@ -64,7 +65,7 @@ def text_chart(p: Plan, width: int = 56, height: int = 10) -> str:
         for x, y in pts:
             r, c = cell(x, y)
             grid[r][c] = mark
-    r, c = cell(p.num_ctx, p.estimate.device_bytes(tight.device))
+    r, c = cell(p.num_ctx, p.estimate.resident_bytes(tight.device))
     grid[r][c] = "*"
     lines = [f"{_g(top):>7} |" + "".join(grid[0])]
     lines += ["        |" + "".join(row) for row in grid[1:]]
@@ -78,7 +79,7 @@ def text_chart(p: Plan, width: int = 56, height: int = 10) -> str:
 def svg_chart(p: Plan) -> str:
     """The same chart as an SVG picture (no plotting library needed)."""
     curves = _curves(p)
-    tight = min(p.budgets, key=lambda b: b.usable - p.estimate.device_bytes(b.device))
+    tight = p.tight_device()
     budget = tight.usable
     top = max([budget] + [y for c in curves.values() for _, y in c]) * 1.05
     W, H, L, B = 640, 400, 70, 50
@@ -105,7 +106,7 @@ def svg_chart(p: Plan) -> str:
         parts.append(f'<polyline fill="none" stroke="{col}" stroke-width="2" points="{path}"/>')
         parts.append(f'<text x="{L + 10}" y="{35 + 16 * i}" fill="{col}">{label}: fits '
                      f'{p.max_ctx_by_kv[label]}</text>')
-    px, py = xy(p.num_ctx, p.estimate.device_bytes(tight.device))
+    px, py = xy(p.num_ctx, p.estimate.resident_bytes(tight.device))
     parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="5" fill="black"/>')
     parts.append(f'<text x="{px + 8:.1f}" y="{py - 8:.1f}">plan: {p.num_ctx}</text>')
     for i in range(5):
@@ -124,12 +125,12 @@ def png_chart(p: Plan, path: str) -> None:
     import matplotlib.pyplot as plt
 
     curves = _curves(p)
-    tight = min(p.budgets, key=lambda b: b.usable - p.estimate.device_bytes(b.device))
+    tight = p.tight_device()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, pts in curves.items():
         ax.plot([x for x, _ in pts], [y / GiB for _, y in pts], label=f"{label} (fits {p.max_ctx_by_kv[label]})")
     ax.axhline(tight.usable / GiB, color="gray", linestyle="--", label="budget (free − margin)")
-    ax.plot([p.num_ctx], [p.estimate.device_bytes(tight.device) / GiB], "ko", label=f"plan: {p.num_ctx}")
+    ax.plot([p.num_ctx], [p.estimate.resident_bytes(tight.device) / GiB], "ko", label=f"plan: {p.num_ctx}")
     ax.set_xlabel("context (tokens)")
     ax.set_ylabel(f"GiB on {tight.device}")
     ax.legend()

@@ -1,0 +1,137 @@
+"""The planner on simulated machines (pure: no probe, no server)."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoctx.model import load_spec
+from autoctx.planner import Budget, PlanError, PlanOptions, default_margin, plan
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+@pytest.fixture(scope="module")
+def spec_of(shape_file, gemma_path):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = load_spec(gemma_path if name == "gemma" else shape_file(name))
+        return cache[name]
+
+    return get
+
+
+def gpus(*sizes_gib: float, margin=GiB) -> list[Budget]:
+    return [Budget(f"CUDA{i}", int(s * GiB), margin) for i, s in enumerate(sizes_gib)]
+
+
+def assert_fits_and_is_maximal(p, budgets):
+    """Every device within free − margin, and 256 more tokens with the same settings would not fit."""
+    for b in budgets:
+        assert p.estimate.device_bytes(b.device) <= b.usable, b.device
+    if p.num_ctx < p.spec.n_ctx_train:
+        from dataclasses import replace
+
+        from autoctx.memory import estimate
+
+        bigger = estimate(p.spec, replace(p.params, n_ctx=(p.num_ctx + 256) * p.n_parallel))
+        assert any(bigger.device_bytes(b.device) > b.usable for b in budgets)
+
+
+def test_one_8gib_gpu_llama_8b(spec_of):
+    spec = spec_of("llama-3.1-8b")
+    budgets = gpus(8)
+    p = plan(spec, budgets)
+    assert p.n_gpu_layers == 33 and (p.cache_type_k, p.cache_type_v) == ("q4_0", "q4_0")
+    assert p.max_ctx_by_kv["f16"] < p.max_ctx_by_kv["q8_0"] < p.max_ctx_by_kv["q8_0/q4_0"] < 131072
+    assert p.num_ctx == p.max_ctx_by_kv["q4_0"] and p.num_ctx % 256 == 0
+    assert_fits_and_is_maximal(p, budgets)
+    assert p.flash_attn == "on"  # quantized V needs it: said explicitly
+    assert "f16 would fit only" in p.reasons[1]
+
+
+def test_one_24gib_gpu_keeps_f16_when_the_target_fits(spec_of):
+    spec = spec_of("llama-3.1-8b")
+    p = plan(spec, gpus(24), PlanOptions(max_ctx=32768))
+    assert (p.num_ctx, p.cache_type_k, p.cache_type_v) == (32768, "f16", "f16")
+    assert p.reasons[0] == "context 32768: the --max-ctx target fits"
+    full = plan(spec, gpus(24))  # 16 GiB of f16 KV at 128k + 4.8 GiB of weights fit in 23 GiB usable
+    assert (full.num_ctx, full.cache_type_k) == (131072, "f16")
+    smaller = plan(spec, gpus(20))  # 19 GiB usable: f16 stops short of 128k, q8_0 reaches it
+    assert (smaller.num_ctx, smaller.cache_type_k) == (131072, "q8_0")
+    assert smaller.max_ctx_by_kv["f16"] < 131072
+    assert_fits_and_is_maximal(smaller, gpus(20))
+
+
+def test_two_16gib_gpus_split_by_usable_memory(spec_of):
+    spec = spec_of("qwen2.5-32b")
+    budgets = [Budget("CUDA0", 16 * GiB, GiB), Budget("CUDA1", 12 * GiB, GiB)]
+    p = plan(spec, budgets)
+    assert p.tensor_split == (15360.0, 11264.0)
+    assert "-ts" in p.llama_server_args() and "15360,11264" in p.llama_server_args()
+    layers = p.estimate.layer_device
+    assert layers.count("CUDA0") > layers.count("CUDA1") > 0
+    assert_fits_and_is_maximal(p, budgets)
+
+
+def test_70b_on_24gib_offloads_fewer_layers(spec_of):
+    spec = spec_of("llama-3.1-70b")
+    budgets = gpus(24) + [Budget("CPU", 64 * GiB, 2 * GiB)]
+    p = plan(spec, budgets, PlanOptions(min_ctx=8192))
+    assert 0 < p.n_gpu_layers < spec.n_layer + 1
+    assert p.num_ctx >= 8192
+    assert any("run on the CPU" in r for r in p.reasons)
+    assert "PARAMETER num_gpu" in p.modelfile()
+    assert_fits_and_is_maximal(p, budgets)
+    # one more layer on the GPU would not leave room for the minimum context with the most compact KV type
+    from dataclasses import replace
+
+    from autoctx.memory import estimate
+
+    more = estimate(spec, replace(p.params, n_gpu_layers=p.n_gpu_layers + 1, n_ctx=8192, cache_type_k="q4_0",
+                                  cache_type_v="q4_0", flash_attn="on"))
+    assert more.device_bytes("CUDA0") > budgets[0].usable
+
+
+def test_nothing_fits_says_how_much_is_missing(spec_of):
+    with pytest.raises(PlanError, match=r"do not fit \(missing CPU: \d+\.\d\d GiB"):
+        plan(spec_of("llama-3.1-70b"), gpus(4) + [Budget("CPU", 8 * GiB, GiB)])
+
+
+def test_cpu_plan_and_emitted_args(spec_of):
+    spec = spec_of("gemma")
+    p = plan(spec, [Budget("CPU", 2 * GiB, GiB)])
+    assert (p.num_ctx, p.cache_type_k, p.n_gpu_layers) == (32768, "f16", 0)
+    assert p.llama_server_args() == ["-m", spec.path, "-c", "32768", "-np", "1", "-ctk", "f16", "-ctv", "f16",
+                                     "-fa", "auto", "-ngl", "0", "-ub", "512", "--fit", "off"]
+    assert p.modelfile() == f"FROM {spec.path}\nPARAMETER num_ctx 32768\n"
+
+
+def test_forced_kv_type_and_parallel_slots(spec_of):
+    spec = spec_of("llama-3.1-8b")
+    p = plan(spec, gpus(12), PlanOptions(kv_forced=("q8_0", "q8_0"), n_parallel=2))
+    assert (p.cache_type_k, p.n_parallel) == ("q8_0", 2)
+    args = p.llama_server_args()
+    assert args[args.index("-c") + 1] == str(2 * p.num_ctx) and "-no-kvu" in args
+    assert p.estimate.n_ctx_seq == p.num_ctx
+    mf = p.modelfile()
+    assert "OLLAMA_KV_CACHE_TYPE=q8_0 OLLAMA_FLASH_ATTENTION=1" in mf and "kv_cache_type" not in mf
+
+
+def test_mla_skips_mixed_kv_types(spec_of):
+    p = plan(spec_of("deepseek-v2-lite"), gpus(12), PlanOptions(max_ctx=16384))
+    assert any("q8_0/q4_0 not possible" in r for r in p.reasons)
+
+
+def test_min_ctx_is_capped_by_training_context(spec_of):
+    spec = spec_of("llama-2-7b")  # n_ctx_train 4096
+    p = plan(spec, gpus(6), PlanOptions(min_ctx=8192))
+    assert p.num_ctx == 4096
+
+
+def test_default_margins():
+    assert default_margin("CUDA0", 24 * GiB) == GiB
+    assert default_margin("CPU", 16 * GiB) == GiB
+    assert default_margin("CPU", 64 * GiB) == int(3.2 * GiB)
