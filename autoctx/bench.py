@@ -101,9 +101,14 @@ def latency_rows(model_path: str, fit_params: str | None, n: int = 5, reader_run
     rows.append(("autoctx estimate --json (whole process)",
                  process_seconds([sys.executable, "-m", "autoctx.cli", "estimate", model_path, "-c", "8192",
                                   "--json"], n)))
+    rows.append(("autoctx plan --device cpu --free cpu=2GiB --json (whole process)",
+                 process_seconds([sys.executable, "-m", "autoctx.cli", "plan", model_path, "--device", "cpu",
+                                  "--free", "cpu=2GiB", "--json"], n)))
+    rows.append(("autoctx --help (whole process)", process_seconds([sys.executable, "-m", "autoctx.cli", "--help"],
+                                                                    n)))
     code = f"import gguf; gguf.GGUFReader({model_path!r})"
     rows.append(("gguf.GGUFReader (whole process)", process_seconds([sys.executable, "-c", code], reader_runs)))
     if fit_params:
-        rows.append(("llama-fit-params -c 8192 -np 4 -kvu (whole process)",
-                     process_seconds([fit_params, "-m", model_path, "-c", "8192", "-np", "4", "-kvu"], n)))
+        rows.append(("llama-fit-params -c 8192 -np 4 (whole process)",
+                     process_seconds([fit_params, "-m", model_path, "-c", "8192", "-np", "4"], n)))
     return rows

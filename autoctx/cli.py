@@ -150,7 +150,6 @@ def plan(
     no_repack: bool = typer.Option(False, "--no-repack", help="plan for llama-server --no-repack"),
 ) -> None:
     """The largest safe context, the KV cache type and the GPU layers for MODEL on this machine (or --free)."""
-    from .model import load_spec
     from .planner import PlanOptions, plan as run_plan
     from .probe.cpu import host_repack_rules
     from .report import plan_table, settings, svg_chart, text_chart
@@ -164,7 +163,9 @@ def plan(
     opts = PlanOptions(runtime=runtime, max_ctx=max_ctx or None, min_ctx=min_ctx, kv_order=tuple(kinds),
                        kv_forced=_kv_pair(kv_type) if kv_type else None, n_parallel=max(1, parallel),
                        n_ubatch=ubatch, repack=not no_repack, cpu_repack=host_repack_rules())
-    spec = load_spec(model)
+    from .resolve import resolve
+
+    spec = resolve(model)
     p = run_plan(spec, budgets, opts)
     args = p.llama_server_args()
     modelfile = p.modelfile()

@@ -109,3 +109,61 @@ def test_check_reports_a_failed_load(llama_server, gemma_path, tmp_path):
     assert warning == "autoctx: warning: not modelled (passed through as they are): --mmproj"
     assert first.startswith("autoctx: error: llama-server exited with status 1 before it was ready; last lines:")
     assert any(str(missing) in line for line in rest)  # the server's own last log lines are shown
+
+
+# --- plan ------------------------------------------------------------------------------------------------------
+
+def test_plan_emit_args_exact(gemma_path):
+    r = autoctx("plan", gemma_path, "--device", "cpu", "--free", "cpu=2GiB", "--emit", "args")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["-m", gemma_path, "-c", "32768", "-np", "1", "-ctk", "f16", "-ctv", "f16", "-fa",
+                                "auto", "-ngl", "0", "-ub", "512", "--fit", "off"]
+
+
+def test_plan_emit_modelfile_with_quantized_kv(shape_file):
+    model = shape_file("llama-3.1-8b")
+    r = autoctx("plan", model, "--free", "cuda0=8GiB", "--kv-types", "f16,q8_0", "--emit", "modelfile")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"FROM {model}"
+    ctx = int(lines[1].split()[-1])
+    assert lines[1] == f"PARAMETER num_ctx {ctx}" and 30000 < ctx < 131072 and ctx % 256 == 0
+    assert "#   OLLAMA_KV_CACHE_TYPE=q8_0 OLLAMA_FLASH_ATTENTION=1 ollama serve" in lines
+
+
+def test_plan_json_and_svg_chart(shape_file, tmp_path):
+    model = shape_file("qwen2.5-32b")
+    chart = tmp_path / "chart.svg"
+    r = autoctx("plan", model, "--free", "cuda0=16GiB", "--free", "cuda1=16GiB", "--json", "--chart", str(chart))
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert set(d) >= {"plan", "buffers", "budget", "llama_server_args", "modelfile", "reasons"}
+    assert d["budget"] == [{"device": "CUDA0", "free_bytes": 16 * 1024**3, "margin_bytes": 1024**3},
+                           {"device": "CUDA1", "free_bytes": 16 * 1024**3, "margin_bytes": 1024**3}]
+    args = d["llama_server_args"]
+    assert args[args.index("-ts") + 1] == "15360,15360"
+    assert {b["device"] for b in d["buffers"] if b["kind"] == "kv"} == {"CUDA0", "CUDA1"}
+    svg = chart.read_text()
+    assert svg.startswith("<svg") and "polyline" in svg and f"plan: {d['plan']['num_ctx']}" in svg
+
+
+def test_plan_human_output(gemma_path):
+    r = autoctx("plan", gemma_path, "--device", "cpu", "--free", "cpu=300MiB", "--margin", "16MiB")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "KV q4_0" in out and "f16 would fit only" in out
+    assert "'=' budget 0.28 GiB" in out and "llama-server -m " in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--free", "cuda0"], "--free expects DEVICE=SIZE, got 'cuda0'"),
+    (["--free", "gpu7=8GiB"], "unknown device 'gpu7'"),
+    (["--free", "cuda0=lots"], "bad size 'lots'"),
+    (["--kv-type", "q3_k"], "unknown KV cache type 'q3_k'"),
+    (["--free", "cpu=100MiB", "--device", "cpu"], "even 4096 tokens with KV q4_0 do not fit (missing CPU:"),
+])
+def test_plan_bad_input(gemma_path, args, message):
+    r = autoctx("plan", gemma_path, *args)
+    assert r.returncode != 0
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and message in err[0], r.stderr
