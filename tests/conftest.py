@@ -44,3 +44,19 @@ def shape_file(tmp_path_factory):
         return made[name]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def spec_of(shape_file, gemma_path):
+    """spec_of(name) -> ModelSpec: "gemma"/"gemma-3-270m..." is the real GGUF, other names come from autoctx.shapes."""
+    from autoctx.model import load_spec
+
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = load_spec(gemma_path if name.startswith("gemma-3-270m") or name == "gemma"
+                                    else shape_file(name))
+        return cache[name]
+
+    return get

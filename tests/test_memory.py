@@ -11,24 +11,11 @@ import pytest
 from autoctx.errors import ArgsError
 from autoctx.gguf import row_bytes, type_from_name
 from autoctx.memory import Device, Params, estimate, kv_bytes_per_cell
-from autoctx.model import load_spec
 from autoctx.runtimes.llamacpp.args import parse_server_args
 
 from .conftest import DATA
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def spec_of(shape_file, gemma_path):
-    cache = {}
-
-    def get(name: str):
-        if name not in cache:
-            cache[name] = load_spec(gemma_path if name.startswith("gemma-3-270m") else shape_file(name))
-        return cache[name]
-
-    return get
 
 
 def buffers(est, kind, device=None):

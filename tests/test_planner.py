@@ -4,23 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from autoctx.model import load_spec
 from autoctx.planner import Budget, PlanError, PlanOptions, default_margin, plan
 
 GiB = 1024**3
 MiB = 1024**2
-
-
-@pytest.fixture(scope="module")
-def spec_of(shape_file, gemma_path):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = load_spec(gemma_path if name == "gemma" else shape_file(name))
-        return cache[name]
-
-    return get
 
 
 def gpus(*sizes_gib: float, margin=GiB) -> list[Budget]:
