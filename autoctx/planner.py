@@ -84,16 +84,9 @@ class Plan:
 
     def llama_server_args(self, model_path: str | None = None) -> list[str]:
         """Every memory-relevant flag set explicitly, --fit off, so the runtime cannot re-decide."""
-        argv = ["-m", model_path or self.spec.path, "-c", str(self.num_ctx * self.n_parallel),
-                "-np", str(self.n_parallel), "-ctk", self.cache_type_k, "-ctv", self.cache_type_v,
-                "-fa", self.flash_attn, "-ngl", str(self.n_gpu_layers), "-ub", str(self.ubatch)]
-        if self.n_parallel > 1:
-            argv.append("-no-kvu")
-        if self.tensor_split:
-            argv += ["-ts", ",".join(f"{x:g}" for x in self.tensor_split)]
-        if not self.params.repack:
-            argv.append("--no-repack")
-        return argv + ["--fit", "off"]
+        from .runtimes.llamacpp.args import to_server_args
+
+        return to_server_args(self.params, model_path or self.spec.path)
 
     def modelfile(self, from_: str | None = None) -> str:
         """An Ollama Modelfile. The KV type is a server-wide env var in Ollama, not a Modelfile parameter."""

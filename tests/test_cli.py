@@ -117,7 +117,7 @@ def test_plan_emit_args_exact(gemma_path):
     r = autoctx("plan", gemma_path, "--device", "cpu", "--free", "cpu=2GiB", "--emit", "args")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["-m", gemma_path, "-c", "32768", "-np", "1", "-ctk", "f16", "-ctv", "f16", "-fa",
-                                "auto", "-ngl", "0", "-ub", "512", "--fit", "off"]
+                                "auto", "-ngl", "0", "-b", "2048", "-ub", "512", "-no-kvu", "--fit", "off"]
 
 
 def test_plan_emit_modelfile_with_quantized_kv(shape_file):

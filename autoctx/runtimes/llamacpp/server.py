@@ -14,7 +14,6 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from ...errors import AutoctxError
 from .logparse import ServerLog, parse_server_log
@@ -102,9 +101,3 @@ def measure_allocation(binary: str, args: list[str], timeout: float = 120.0, env
 
 def last_lines(text: str, n: int = 15) -> str:
     return "\n".join(text.rstrip().splitlines()[-n:])
-
-
-def default_binary_from_repo() -> Path | None:
-    """The repo's build script location (for tests and the demo); None if not inside a checkout."""
-    script = Path(__file__).resolve().parents[3] / "scripts" / "llama-server-path"
-    return script if script.is_file() else None
