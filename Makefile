@@ -22,9 +22,10 @@ llama-server: setup
 gemma: setup
 	@$(BIN)/python scripts/gemma-gguf-path >/dev/null
 
+# plan for this machine's RAM, start llama-server, verify predicted vs actual, stop it
 demo: llama-server gemma
 	AUTOCTX_LLAMA_SERVER="$$($(BIN)/python scripts/llama-server-path)" \
-	  $(BIN)/autoctx check "$$($(BIN)/python scripts/gemma-gguf-path)" -c 8192 --no-warmup
+	  $(BIN)/autoctx serve "$$($(BIN)/python scripts/gemma-gguf-path)" --device cpu --check
 
 test: llama-server gemma
 	$(BIN)/python -m pytest -q

@@ -194,6 +194,131 @@ def plan(
     print("llama-server " + " ".join(_quote(a) for a in args) if runtime == "llamacpp" else modelfile.rstrip())
 
 
+@app.command(context_settings=PASSTHROUGH)
+def serve(
+    model: str = typer.Argument(..., help="GGUF file"),
+    server_args: Optional[List[str]] = typer.Argument(None, help="-- then extra llama-server arguments (they win "
+                                                      "over the plan, which is redone around them)"),
+    free: Optional[List[str]] = typer.Option(None, "--free", help="DEVICE=SIZE (repeatable); replaces the probe"),
+    device: str = typer.Option("", "--device", help="cpu: plan for system RAM only"),
+    margin: str = typer.Option("", "--margin", help="memory to leave free on every device"),
+    max_ctx: int = typer.Option(0, "--max-ctx", help="largest context to consider"),
+    min_ctx: int = typer.Option(4096, "--min-ctx", help="smallest acceptable context"),
+    kv_types: str = typer.Option("f16,q8_0,q8_0/q4_0,q4_0", "--kv-types", help="KV types to try, in order"),
+    llama_server: str = typer.Option("", "--llama-server", help="llama-server binary (default: "
+                                     "$AUTOCTX_LLAMA_SERVER, then PATH)"),
+    check: bool = typer.Option(False, "--check", help="stop the server after verification (for scripts and CI)"),
+    as_json: bool = typer.Option(False, "--json", help="print the verification report as JSON"),
+    max_tries: int = typer.Option(3, "--max-tries", help="launches before giving up on out-of-memory"),
+    timeout: float = typer.Option(300.0, "--timeout", help="seconds to wait for /health"),
+    no_profile: bool = typer.Option(False, "--no-profile", help="neither read nor write a profile"),
+) -> None:
+    """Plan, start llama-server, verify what it allocated, and keep serving (or stop with --check).
+
+    Exit status: the server's own when serving; with --check 0 when verified, 4 when a prediction missed.
+    """
+    from .planner import PlanOptions
+    from .probe.cpu import host_repack_rules
+    from .profiles import ProfileStore
+    from .report import settings
+    from .resolve import resolve
+    from .runtimes.llamacpp.server import find_llama_server
+    from .serve import cpu_free_after, serve_llamacpp
+    from .verify import format_rows
+
+    binary = find_llama_server(llama_server or None)
+    budgets, desc, driver = _budgets(free or [], device, margin, describe=True)
+    kinds = tuple(_kv_pair(t) for t in kv_types.split(",") if t.strip())
+    opts = PlanOptions(max_ctx=max_ctx or None, min_ctx=min_ctx, kv_order=kinds, cpu_repack=host_repack_rules())
+    say = (lambda m: print(f"autoctx: {m}", file=sys.stderr))
+    result = serve_llamacpp(resolve(model), budgets, opts, list(server_args or []), binary, max_tries=max_tries,
+                            timeout=timeout, store=None if no_profile else ProfileStore(), devices_desc=desc,
+                            driver=driver, free_after=None if free else cpu_free_after, say=say)
+    server = result.server
+    if as_json:
+        print(json.dumps(result.report(), indent=2))
+    else:
+        print(settings(result.plan))
+        print(f"llama-server {' '.join(_quote(a) for a in server.argv[1:])}")
+        print(format_rows(result.rows))
+        for f in result.flags:
+            print(f"autoctx: warning: {f}", file=sys.stderr)
+        if result.profile_path:
+            print(f"profile saved: {result.profile_path}")
+    sys.stdout.flush()
+    if check:
+        server.stop()
+        sys.exit(0 if result.ok else 4)
+    say(f"serving on {server.url} (Ctrl-C stops it)")
+    sys.exit(server.serve_foreground())
+
+
+profile_app = typer.Typer(help="Per-model profiles: plans, measurements and learned corrections.",
+                          rich_markup_mode=None, no_args_is_help=True)
+app.add_typer(profile_app, name="profile")
+
+
+@profile_app.command("list")
+def profile_list() -> None:
+    """Stored profiles, one line each."""
+    from .profiles import ProfileStore
+
+    store = ProfileStore()
+    profs = store.all()
+    for w in store.warnings:
+        _warn(w)
+    for p in profs:
+        plan = p.plan
+        print(f"{p.key.id}  {p.model_name or p.model_path}  num_ctx {plan.get('num_ctx')} "
+              f"KV {plan.get('cache_type_k')}/{plan.get('cache_type_v')}  runs {p.runs}  {p.key.devices}")
+
+
+@profile_app.command("show")
+def profile_show(ref: str = typer.Argument(..., help="profile id (prefix), model path or name")) -> None:
+    """One profile as TOML."""
+    import tomli_w
+
+    print(tomli_w.dumps(_one_profile(ref).to_toml_dict()), end="")
+
+
+@profile_app.command("rm")
+def profile_rm(ref: str = typer.Argument(..., help="profile id (prefix), model path or name")) -> None:
+    """Delete one profile."""
+    from .profiles import ProfileStore
+
+    prof = _one_profile(ref)
+    ProfileStore().remove(prof)
+    print(f"removed {prof.key.id}")
+
+
+@profile_app.command("generate", context_settings=PASSTHROUGH)
+def profile_generate(
+    model: str = typer.Argument(..., help="GGUF file"),
+    server_args: Optional[List[str]] = typer.Argument(None, help="-- then extra llama-server arguments"),
+    device: str = typer.Option("", "--device", help="cpu: plan for system RAM only"),
+    llama_server: str = typer.Option("", "--llama-server", help="llama-server binary"),
+) -> None:
+    """Plan, load with llama-server, verify, save the profile (serve --check)."""
+    serve(model=model, server_args=server_args, free=None, device=device, margin="", max_ctx=0, min_ctx=4096,
+          kv_types="f16,q8_0,q8_0/q4_0,q4_0", llama_server=llama_server, check=True, as_json=False, max_tries=3,
+          timeout=300.0, no_profile=False)
+
+
+def _one_profile(ref: str):
+    from .errors import AutoctxError
+    from .profiles import ProfileStore
+
+    store = ProfileStore()
+    found = store.find(ref)
+    for w in store.warnings:
+        _warn(w)
+    if not found:
+        raise AutoctxError(f"no profile matches {ref!r} (autoctx profile list shows them)")
+    if len(found) > 1:
+        raise AutoctxError(f"{len(found)} profiles match {ref!r}: give more of the id")
+    return found[0]
+
+
 def _quote(a: str) -> str:
     import shlex
 
@@ -212,7 +337,7 @@ def _kv_pair(text: str) -> tuple[str, str]:
     return k, v
 
 
-def _budgets(free: list[str], device: str, margin: str):
+def _budgets(free: list[str], device: str, margin: str, describe: bool = False):
     from .errors import ArgsError
     from .planner import Budget, default_margin
     from .units import device_name, parse_size
@@ -227,6 +352,7 @@ def _budgets(free: list[str], device: str, margin: str):
     if device and device_name(device) != "CPU":
         raise ArgsError("--device accepts only cpu (GPUs come from the probe or --free)")
     cpu_only = bool(device)
+    probed = None
     if given:
         if cpu_only:
             given = {k: v for k, v in given.items() if k == "CPU"}
@@ -234,16 +360,29 @@ def _budgets(free: list[str], device: str, margin: str):
     else:
         from .probe.devices import probe as run_probe
 
-        r = run_probe()
-        for w in r.warnings:
+        probed = run_probe()
+        for w in probed.warnings:
             _warn(w)
-        devs = [d for d in r.devices if not cpu_only or d.kind == "cpu"]
+        devs = [d for d in probed.devices if not cpu_only or d.kind == "cpu"]
         given = {d.name: d.free_bytes for d in devs}
         totals = {d.name: d.total_bytes for d in devs}
     if not given:
         raise ArgsError("no device to plan for (use --free DEVICE=SIZE or --device cpu)")
-    return [Budget(name, size, fixed_margin if fixed_margin is not None else default_margin(name, totals[name]))
-            for name, size in given.items()]
+    budgets = [Budget(name, size, fixed_margin if fixed_margin is not None else default_margin(name, totals[name]))
+               for name, size in given.items()]
+    if not describe:
+        return budgets
+    import platform
+
+    if probed is None:
+        from .probe.devices import probe as run_probe
+
+        probed = run_probe()
+    infos = [probed.device(b.device) for b in budgets]
+    desc = "; ".join(f"{b.device} {i.description} {i.total_bytes / 1024**3:.1f}GiB" if i else f"{b.device} "
+                     f"(given {b.free_bytes / 1024**3:.1f}GiB free)" for b, i in zip(budgets, infos))
+    driver = next((i.driver for i in infos if i and i.driver), f"{platform.system()} {platform.release()}")
+    return budgets, desc, driver
 
 
 def _write_chart(path: str, p, svg_chart) -> None:

@@ -63,6 +63,8 @@ class PlanOptions:
     flash_attn: str = "auto"
     repack: bool = True
     cpu_repack: dict[str, int] = field(default_factory=dict)
+    fixed_ctx: bool = False  # the user set the context: do not search it
+    fixed_ngl: int | None = None  # the user set -ngl: do not change the layers
 
 
 @dataclass
@@ -185,10 +187,13 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
         raise PlanError("no device to plan for")
     s = _Search(spec, budgets, opts)
     reasons: list[str] = []
-    target = min(spec.n_ctx_train, opts.max_ctx or spec.n_ctx_train)
-    target = max(256, target // 256 * 256)
-    min_ctx = max(256, min(opts.min_ctx, spec.n_ctx_train) // 256 * 256)
-    min_ctx = min(min_ctx, target)
+    if opts.fixed_ctx and opts.max_ctx:  # the user's -c: kept even beyond n_ctx_train
+        target = min_ctx = max(256, -(-opts.max_ctx // 256) * 256)
+    else:
+        target = min(spec.n_ctx_train, opts.max_ctx or spec.n_ctx_train)
+        target = max(256, target // 256 * 256)
+        min_ctx = max(256, min(opts.min_ctx, spec.n_ctx_train) // 256 * 256)
+        min_ctx = min(min_ctx, target)
     order = (opts.kv_forced,) if opts.kv_forced else opts.kv_order
     all_layers = spec.n_layer + 1 if s.gpus else 0
     usable = [k for k in order if s.estimate(256, k, all_layers) is not None]
@@ -209,9 +214,9 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
         best = max(usable, key=lambda k: found[_kv_label(k)])
         return best, found[_kv_label(best)], found
 
-    ngl = all_layers
+    ngl = all_layers if opts.fixed_ngl is None or not s.gpus else min(opts.fixed_ngl, all_layers)
     kv, ctx, found = choose(ngl)
-    if ctx < min_ctx and s.gpus:
+    if ctx < min_ctx and s.gpus and opts.fixed_ngl is None:
         # fewer layers on the GPUs: the most that still leave room for min_ctx with the most compact KV type
         compact = usable[-1]
         lo, hi = -1, ngl  # invariant: fits(lo) (or lo = -1), not fits(hi)

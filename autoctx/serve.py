@@ -1,0 +1,209 @@
+"""The closed loop for llama.cpp: plan → launch → read what was allocated → compare → step down or learn.
+
+`serve_llamacpp` plans (applying a stored profile's correction), starts llama-server with an argv list, waits for
+/health, verifies the allocation against the prediction, steps down and relaunches when the load fails for memory
+(or the margin was eaten), and saves what it measured into the profile. The caller decides whether to keep the
+server in the foreground or stop it (--check).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from .errors import AutoctxError
+from .memory import CPU
+from .planner import Budget, Plan, PlanOptions, plan
+from .profiles import Profile, ProfileKey, ProfileStore, learn, model_digest, runtime_build
+from .runtimes.llamacpp.args import ParsedArgs, parse_server_args
+from .runtimes.llamacpp.launch import LlamaServer
+from .runtimes.llamacpp.server import ServerError, last_lines
+from .verify import Row, compare
+
+MiB = 1024**2
+# test hook: extra llama-server arguments for the first launch only (e.g. a context no machine can hold), to prove
+# the out-of-memory step-down against the real server
+FAULT_ENV = "AUTOCTX_FAULT_FIRST_LOAD_ARGS"
+
+
+@dataclass
+class ServeResult:
+    server: LlamaServer
+    plan: Plan
+    argv: list[str]
+    rows: list[Row]
+    flags: list[str]
+    attempts: list[str]
+    profile: Profile | None = None
+    profile_path: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.flags
+
+    def report(self) -> dict:
+        return {"plan": self.plan.as_dict(), "argv": self.argv, "attempts": self.attempts, "flags": self.flags,
+                "comparison": [r.as_dict() for r in self.rows], "reasons": self.plan.reasons, "notes": self.notes,
+                "profile": self.profile_path}
+
+
+def user_overrides(parsed: ParsedArgs, opts: PlanOptions) -> PlanOptions:
+    """Arguments the user passed win: they fix those choices and the plan is redone around them."""
+    p, ex = parsed.params, parsed.explicit
+    if "np" in ex and p.n_parallel > 0:
+        opts = replace(opts, n_parallel=p.n_parallel)
+    if "ctx" in ex and p.n_ctx > 0:
+        per_slot = max(256, p.n_ctx // max(1, opts.n_parallel))
+        opts = replace(opts, max_ctx=per_slot, min_ctx=per_slot, fixed_ctx=True)
+    if "ctk" in ex or "ctv" in ex:
+        opts = replace(opts, kv_forced=(p.cache_type_k, p.cache_type_v))
+    if "ub" in ex:
+        opts = replace(opts, n_ubatch=p.n_ubatch)
+    if "b" in ex:
+        opts = replace(opts, n_batch=p.n_batch)
+    if "fa" in ex:
+        opts = replace(opts, flash_attn=p.flash_attn)
+    if "no_repack" in ex or "repack" in ex:
+        opts = replace(opts, repack=p.repack)
+    if "ngl" in ex and p.n_gpu_layers >= 0:
+        opts = replace(opts, fixed_ngl=p.n_gpu_layers)
+    return opts
+
+
+def merged_argv(plan_args: list[str], user_args: list[str]) -> list[str]:
+    """The plan's arguments with the user's own after them: llama.cpp takes the last value of a repeated flag."""
+    return [*plan_args, *user_args]
+
+
+def profile_key(plan_: Plan, binary: str, devices: str, driver: str) -> ProfileKey:
+    spec = plan_.spec
+    digest = model_digest(spec.path, spec.data_offsets[0], sum(spec.file_sizes))
+    return ProfileKey(digest, devices, driver, runtime_build(binary))
+
+
+def measured_by_device(est, log) -> tuple[dict, dict]:
+    pred: dict[str, dict[str, int]] = {}
+    for b in est.buffers:
+        pred.setdefault(b.device, {}).setdefault(b.kind, 0)
+        pred[b.device][b.kind] += b.bytes
+    got: dict[str, dict[str, int]] = {}
+    for b in log.buffers:
+        got.setdefault(b.device, {}).setdefault(b.kind, 0)
+        got[b.device][b.kind] += b.bytes
+    return pred, got
+
+
+def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: list[str], binary: str, *,
+                   max_tries: int = 3, timeout: float = 300.0, store: ProfileStore | None = None,
+                   devices_desc: str = "", driver: str = "", free_after: Callable[[str], int | None] | None = None,
+                   say: Callable[[str], None] = print) -> ServeResult:
+    parsed = parse_server_args(user_args)
+    opts = user_overrides(parsed, opts)
+    notes: list[str] = []
+    profile: Profile | None = None
+    key: ProfileKey | None = None
+    if store is not None:
+        first = plan(spec, budgets, opts)
+        key = profile_key(first, binary, devices_desc, driver)
+        profile = store.get(key)
+        for w in store.warnings:
+            say(f"warning: {w}")
+        if profile and profile.correction:
+            adjusted = []
+            for b in budgets:
+                extra = profile.correction_bytes(b.device)
+                adjusted.append(replace(b, margin_bytes=b.margin_bytes + extra))
+                if extra:
+                    notes.append(f"profile {key.id}: {b.device} measured {extra / MiB:.2f} MiB more than predicted "
+                                 f"over {profile.runs} run(s); planning with that much less")
+            budgets = adjusted
+    attempts: list[str] = []
+    fault = os.environ.get(FAULT_ENV, "")
+    for attempt in range(1, max_tries + 1):
+        p = plan(spec, budgets, opts)
+        for n in notes:
+            if n not in p.reasons:
+                p.reasons.append(n)
+        argv = merged_argv(p.llama_server_args(), user_args)
+        launch_argv = argv + (shlex.split(fault) if fault and attempt == 1 else [])
+        server = LlamaServer(binary, launch_argv)
+        server.start()
+        ready = server.wait_ready(timeout)
+        if not ready:
+            oom = server.failed_for_memory()
+            status = server.returncode()
+            if not oom:
+                raise ServerError(f"llama-server exited with status {status} while loading; last lines:\n"
+                                  + last_lines(server.log_text()))
+            line = (f"attempt {attempt}: llama-server ran out of memory loading num_ctx {p.num_ctx} "
+                    f"KV {p.cache_type_k}/{p.cache_type_v} ({_strip_prefix(oom[0])[:120]})")
+            attempts.append(line)
+            say(line)
+            opts = step_down(p, opts)
+            continue
+        log = server.log()
+        est = p.estimate
+        rows = compare(est, log)
+        flags = [f"{r.device} {r.kind}: predicted {r.predicted_mib:.2f} MiB, actual "
+                 f"{r.actual_mib if r.actual_mib is not None else '-'} MiB" for r in rows if not r.ok]
+        if p.n_gpu_layers and log.offloaded and log.offloaded[0] < p.n_gpu_layers:
+            flags.append(f"only {log.offloaded[0]}/{log.offloaded[1]} layers were offloaded; the plan put "
+                         f"{p.n_gpu_layers} on the GPU")
+        eaten = []
+        if free_after is not None:
+            for b in budgets:
+                free = free_after(b.device)
+                if free is not None and free < b.margin_bytes:
+                    eaten.append(f"{b.device}: {free / MiB:.0f} MiB free after loading, below the "
+                                 f"{b.margin_bytes / MiB:.0f} MiB margin")
+        if eaten and attempt < max_tries:
+            line = f"attempt {attempt}: margin eaten ({'; '.join(eaten)}); stepping down"
+            attempts.append(line)
+            say(line)
+            server.stop()
+            opts = step_down(p, opts)
+            continue
+        flags += eaten
+        attempts.append(f"attempt {attempt}: loaded num_ctx {p.num_ctx} KV {p.cache_type_k}/{p.cache_type_v}")
+        result = ServeResult(server, p, argv, rows, flags, attempts, notes=notes)
+        if store is not None and key is not None:
+            prof = profile or Profile(key, spec.path, spec.name, spec.architecture)
+            pred, got = measured_by_device(est, log)
+            prof.plan = {**p.as_dict(), "llama_server_args": argv}
+            learn(prof, pred, got)
+            result.profile = prof
+            result.profile_path = str(store.save(prof))
+        return result
+    raise AutoctxError(f"llama-server still ran out of memory after {max_tries} attempts: "
+                       + "; ".join(attempts))
+
+
+def step_down(p: Plan, opts: PlanOptions) -> PlanOptions:
+    """The next smaller plan: three quarters of the context, or the next KV type once the context is at its floor."""
+    smaller = max(256, int(p.num_ctx * 0.75) // 256 * 256)
+    floor = min(opts.min_ctx, p.spec.n_ctx_train)
+    if smaller >= floor and not opts.fixed_ctx:
+        return replace(opts, max_ctx=smaller)
+    order = list(opts.kv_order)
+    current = (p.cache_type_k, p.cache_type_v)
+    if opts.kv_forced is None and current in order and order.index(current) + 1 < len(order):
+        return replace(opts, kv_order=tuple(order[order.index(current) + 1:]))
+    raise AutoctxError(f"cannot step down below num_ctx {p.num_ctx} with KV {p.cache_type_k}/{p.cache_type_v}")
+
+
+def _strip_prefix(line: str) -> str:
+    """Drop llama.cpp's '0.02.170.466 E ' timestamp/level prefix."""
+    import re
+
+    return re.sub(r"^\s*[\d.]+ [DIWE] ", "", line).strip()
+
+
+def cpu_free_after(device: str) -> int | None:
+    if device != CPU:
+        return None
+    import psutil
+
+    return int(psutil.virtual_memory().available)

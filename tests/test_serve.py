@@ -1,0 +1,116 @@
+"""`autoctx serve` against the real llama-server: verify, step down on out-of-memory, profiles, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.server
+
+
+def run(args, env, timeout=300):
+    return subprocess.run([sys.executable, "-m", "autoctx.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def env(tmp_path, llama_server):
+    e = dict(os.environ)
+    e.update(AUTOCTX_LLAMA_SERVER=llama_server, AUTOCTX_DATA_DIR=str(tmp_path / "data"))
+    e.pop("AUTOCTX_FAULT_FIRST_LOAD_ARGS", None)
+    return e
+
+
+def test_check_json_verifies_and_saves_a_profile_that_the_next_run_uses(gemma_path, env, tmp_path):
+    r = run(["serve", gemma_path, "--device", "cpu", "--check", "--json"], env)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["plan"]["num_ctx"] == 32768 and d["plan"]["cache_type_k"] == "f16"
+    assert d["argv"][:4] == ["-m", gemma_path, "-c", "32768"] and d["argv"][-2:] == ["--fit", "off"]
+    rows = {(c["device"], c["kind"]): c for c in d["comparison"]}
+    assert rows[("CPU", "kv")]["predicted_mib"] == rows[("CPU", "kv")]["actual_mib"] == 111.0
+    assert all(c["ok"] for c in d["comparison"]) and d["flags"] == []
+    assert d["attempts"] == ["attempt 1: loaded num_ctx 32768 KV f16/f16"]
+    prof_path = d["profile"]
+    assert prof_path.startswith(str(tmp_path / "data" / "profiles"))
+    import tomllib
+
+    prof = tomllib.loads(open(prof_path).read())
+    assert prof["runs"] == 1 and prof["measured"]["CPU"]["kv"] == 111 * 1024**2
+    assert prof["predicted"]["CPU"]["kv"] == 111 * 1024**2
+    again = json.loads(run(["serve", gemma_path, "--device", "cpu", "--check", "--json"], env).stdout)
+    assert again["profile"] == prof_path
+    assert tomllib.loads(open(prof_path).read())["runs"] == 2
+    if prof["correction"]:  # the compute buffer is predicted within ~0.01 MiB: the correction is said and applied
+        assert any(r.startswith(f"profile {prof['id']}: CPU measured") for r in again["reasons"])
+    listed = run(["profile", "list"], env)
+    assert listed.stdout.startswith(prof["id"]) and "runs 2" in listed.stdout
+
+
+def test_user_arguments_win_and_the_plan_is_redone_around_them(gemma_path, env):
+    r = run(["serve", gemma_path, "--device", "cpu", "--check", "--json", "--", "-c", "8192", "-ctk", "q8_0",
+             "--jinja"], env)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert (d["plan"]["num_ctx"], d["plan"]["cache_type_k"], d["plan"]["cache_type_v"]) == (8192, "q8_0", "f16")
+    assert d["argv"][-5:] == ["-c", "8192", "-ctk", "q8_0", "--jinja"]
+    assert all(c["ok"] for c in d["comparison"])
+
+
+def test_out_of_memory_steps_down_and_relaunches(gemma_path, env):
+    env["AUTOCTX_FAULT_FIRST_LOAD_ARGS"] = "-c 20000000"  # the first launch asks for ~57 GiB of KV cache
+    r = run(["serve", gemma_path, "--device", "cpu", "--check", "--json", "--no-profile"], env)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["attempts"][0].startswith("attempt 1: llama-server ran out of memory loading num_ctx 32768 KV f16/f16 "
+                                       "(ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer")
+    assert d["attempts"][1] == "attempt 2: loaded num_ctx 24576 KV f16/f16"
+    assert "autoctx: attempt 1: llama-server ran out of memory" in r.stderr
+    assert d["plan"]["num_ctx"] == 24576 and all(c["ok"] for c in d["comparison"])
+
+
+def test_out_of_memory_every_time_gives_up_with_one_line(gemma_path, env):
+    env["AUTOCTX_FAULT_FIRST_LOAD_ARGS"] = "-c 20000000"
+    r = run(["serve", gemma_path, "--device", "cpu", "--check", "--no-profile", "--max-tries", "1"], env)
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("autoctx: error: llama-server still ran out of memory after 1 attempts: attempt 1:")
+
+
+def test_foreground_serving_forwards_sigterm(gemma_path, env):
+    proc = subprocess.Popen([sys.executable, "-m", "autoctx.cli", "serve", gemma_path, "--device", "cpu",
+                             "--no-profile", "--", "-c", "4096"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    deadline = time.time() + 120
+    line = ""
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        if "serving on http://127.0.0.1:" in line or not line:
+            break
+    assert "serving on" in line, line
+    url = line.split("serving on ", 1)[1].split()[0]
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+        assert resp.status == 200
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=60)
+    assert rc == 0  # llama-server's own exit status after a graceful SIGTERM
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{url}/health", timeout=2)
+
+
+def test_server_timeout_is_one_error_and_the_last_log_lines(shape_file, env):
+    model = shape_file("llama-3.1-70b")  # loading its 42 GiB sparse file takes far longer than 1 s
+    r = run(["serve", model, "--free", "cpu=64GiB", "--check", "--no-profile", "--timeout", "1", "--",
+             "--no-repack", "-c", "2048"], env)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert lines[0] == "autoctx: error: llama-server did not answer /health within 1 s; last lines:"
+    assert len(lines) > 1
