@@ -223,7 +223,7 @@ def serve(
     from .report import settings
     from .resolve import resolve
     from .runtimes.llamacpp.server import find_llama_server
-    from .serve import cpu_free_after, serve_llamacpp
+    from .serve import probe_after_load, serve_llamacpp
     from .verify import format_rows
 
     binary = find_llama_server(llama_server or None)
@@ -233,7 +233,7 @@ def serve(
     say = (lambda m: print(f"autoctx: {m}", file=sys.stderr))
     result = serve_llamacpp(resolve(model), budgets, opts, list(server_args or []), binary, max_tries=max_tries,
                             timeout=timeout, store=None if no_profile else ProfileStore(), devices_desc=desc,
-                            driver=driver, free_after=None if free else cpu_free_after, say=say)
+                            driver=driver, after_load=None if free else probe_after_load, say=say)
     server = result.server
     if as_json:
         print(json.dumps(result.report(), indent=2))
@@ -241,6 +241,9 @@ def serve(
         print(settings(result.plan))
         print(f"llama-server {' '.join(_quote(a) for a in server.argv[1:])}")
         print(format_rows(result.rows))
+        for n in result.notes:
+            if n.startswith(tuple(f"{b.device}:" for b in result.plan.budgets)):
+                print(n)
         for f in result.flags:
             print(f"autoctx: warning: {f}", file=sys.stderr)
         if result.profile_path:

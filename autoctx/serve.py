@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from .errors import AutoctxError
-from .memory import CPU
 from .planner import Budget, Plan, PlanOptions, plan
 from .profiles import Profile, ProfileKey, ProfileStore, learn, model_digest, runtime_build
 from .runtimes.llamacpp.args import ParsedArgs, parse_server_args
@@ -29,6 +28,28 @@ FAULT_ENV = "AUTOCTX_FAULT_FIRST_LOAD_ARGS"
 
 
 @dataclass
+class AfterLoad:
+    """What the device libraries say once the server has loaded."""
+
+    free: dict[str, int] = field(default_factory=dict)  # device -> free bytes
+    process: dict[str, int] = field(default_factory=dict)  # device -> bytes the server process holds (NVML/amdsmi)
+
+
+def probe_after_load(pid: int, probe_fn: Callable | None = None) -> AfterLoad:
+    """Free memory per device and the server's own per-process GPU memory, from the probe backends."""
+    from .probe.devices import probe
+
+    r = (probe_fn or probe)()
+    out = AfterLoad()
+    for d in r.devices:
+        out.free[d.name] = d.free_bytes
+        held = [p.used_bytes for p in d.processes if p.pid == pid and p.used_bytes is not None]
+        if held:
+            out.process[d.name] = sum(held)
+    return out
+
+
+@dataclass
 class ServeResult:
     server: LlamaServer
     plan: Plan
@@ -39,6 +60,7 @@ class ServeResult:
     profile: Profile | None = None
     profile_path: str | None = None
     notes: list[str] = field(default_factory=list)
+    after: AfterLoad | None = None
 
     @property
     def ok(self) -> bool:
@@ -47,7 +69,9 @@ class ServeResult:
     def report(self) -> dict:
         return {"plan": self.plan.as_dict(), "argv": self.argv, "attempts": self.attempts, "flags": self.flags,
                 "comparison": [r.as_dict() for r in self.rows], "reasons": self.plan.reasons, "notes": self.notes,
-                "profile": self.profile_path}
+                "profile": self.profile_path,
+                "after_load": None if self.after is None else {"free_bytes": self.after.free,
+                                                               "process_bytes": self.after.process}}
 
 
 def user_overrides(parsed: ParsedArgs, opts: PlanOptions) -> PlanOptions:
@@ -98,7 +122,7 @@ def measured_by_device(est, log) -> tuple[dict, dict]:
 
 def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: list[str], binary: str, *,
                    max_tries: int = 3, timeout: float = 300.0, store: ProfileStore | None = None,
-                   devices_desc: str = "", driver: str = "", free_after: Callable[[str], int | None] | None = None,
+                   devices_desc: str = "", driver: str = "", after_load: Callable[[int], AfterLoad] | None = None,
                    say: Callable[[str], None] = print) -> ServeResult:
     parsed = parse_server_args(user_args)
     opts = user_overrides(parsed, opts)
@@ -153,12 +177,17 @@ def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: li
             flags.append(f"only {log.offloaded[0]}/{log.offloaded[1]} layers were offloaded; the plan put "
                          f"{p.n_gpu_layers} on the GPU")
         eaten = []
-        if free_after is not None:
+        after = after_load(server.proc.pid) if after_load is not None and server.proc is not None else None
+        if after is not None:
             for b in budgets:
-                free = free_after(b.device)
+                free = after.free.get(b.device)
                 if free is not None and free < b.margin_bytes:
                     eaten.append(f"{b.device}: {free / MiB:.0f} MiB free after loading, below the "
                                  f"{b.margin_bytes / MiB:.0f} MiB margin")
+            for dev, held in after.process.items():
+                buffers = est.device_bytes(dev)
+                notes.append(f"{dev}: llama-server holds {held / MiB:.0f} MiB (driver), its buffers "
+                             f"{buffers / MiB:.0f} MiB: {(held - buffers) / MiB:.0f} MiB outside llama.cpp buffers")
         if eaten and attempt < max_tries:
             line = f"attempt {attempt}: margin eaten ({'; '.join(eaten)}); stepping down"
             attempts.append(line)
@@ -168,7 +197,7 @@ def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: li
             continue
         flags += eaten
         attempts.append(f"attempt {attempt}: loaded num_ctx {p.num_ctx} KV {p.cache_type_k}/{p.cache_type_v}")
-        result = ServeResult(server, p, argv, rows, flags, attempts, notes=notes)
+        result = ServeResult(server, p, argv, rows, flags, attempts, notes=notes, after=after)
         if store is not None and key is not None:
             prof = profile or Profile(key, spec.path, spec.name, spec.architecture)
             pred, got = measured_by_device(est, log)
@@ -201,9 +230,3 @@ def _strip_prefix(line: str) -> str:
     return re.sub(r"^\s*[\d.]+ [DIWE] ", "", line).strip()
 
 
-def cpu_free_after(device: str) -> int | None:
-    if device != CPU:
-        return None
-    import psutil
-
-    return int(psutil.virtual_memory().available)

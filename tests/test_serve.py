@@ -114,3 +114,41 @@ def test_server_timeout_is_one_error_and_the_last_log_lines(shape_file, env):
     lines = r.stderr.strip().splitlines()
     assert lines[0] == "autoctx: error: llama-server did not answer /health within 1 s; last lines:"
     assert len(lines) > 1
+
+
+def test_margin_eaten_after_load_steps_down(llama_server, gemma_path):
+    """The device library reports less free memory than the margin after the first load: step down, relaunch."""
+    from autoctx.model import load_spec
+    from autoctx.planner import Budget, PlanOptions
+    from autoctx.serve import AfterLoad, serve_llamacpp
+
+    calls = []
+
+    def after_load(pid):
+        calls.append(pid)
+        return AfterLoad(free={"CPU": 0 if len(calls) == 1 else 8 * 1024**3})
+
+    said = []
+    res = serve_llamacpp(load_spec(gemma_path), [Budget("CPU", 2 * 1024**3, 1024**3)], PlanOptions(),
+                         ["-c", "8192"], llama_server, after_load=after_load, say=said.append)
+    try:
+        assert said == ["attempt 1: margin eaten (CPU: 0 MiB free after loading, below the 1024 MiB margin); "
+                        "stepping down"]
+        assert res.attempts[-1] == "attempt 2: loaded num_ctx 8192 KV q8_0/q8_0"  # the user's -c stays fixed...
+        assert res.plan.cache_type_k == "q8_0"  # ...so the step down takes the next KV type
+        assert len(calls) == 2 and calls[0] != calls[1] and res.ok
+    finally:
+        res.server.stop()
+
+
+def test_after_load_reads_the_servers_gpu_memory_from_the_probe():
+
+    from autoctx.probe.devices import DeviceInfo, GpuProcess, ProbeResult
+    from autoctx.serve import probe_after_load
+
+    gpu = DeviceInfo("CUDA0", "cuda", "RTX 4090", 24 * 1024**3, 10 * 1024**3, 14 * 1024**3,
+                     processes=(GpuProcess(4242, "llama-server", 13 * 1024**3), GpuProcess(7, "Xorg", 1024**3)))
+    cpu = DeviceInfo("CPU", "cpu", "x", 64 * 1024**3, 50 * 1024**3, 14 * 1024**3)
+    after = probe_after_load(4242, probe_fn=lambda: ProbeResult([gpu, cpu]))
+    assert after.free == {"CUDA0": 10 * 1024**3, "CPU": 50 * 1024**3}
+    assert after.process == {"CUDA0": 13 * 1024**3}
