@@ -120,6 +120,7 @@ def test_margin_eaten_after_load_steps_down(llama_server, gemma_path):
     """The device library reports less free memory than the margin after the first load: step down, relaunch."""
     from autoctx.model import load_spec
     from autoctx.planner import Budget, PlanOptions
+    from autoctx.probe.cpu import host_repack_rules
     from autoctx.serve import AfterLoad, serve_llamacpp
 
     calls = []
@@ -129,7 +130,8 @@ def test_margin_eaten_after_load_steps_down(llama_server, gemma_path):
         return AfterLoad(free={"CPU": 0 if len(calls) == 1 else 8 * 1024**3})
 
     said = []
-    res = serve_llamacpp(load_spec(gemma_path), [Budget("CPU", 2 * 1024**3, 1024**3)], PlanOptions(),
+    res = serve_llamacpp(load_spec(gemma_path), [Budget("CPU", 2 * 1024**3, 1024**3)],
+                         PlanOptions(cpu_repack=host_repack_rules()),
                          ["-c", "8192"], llama_server, after_load=after_load, say=said.append)
     try:
         assert said == ["attempt 1: margin eaten (CPU: 0 MiB free after loading, below the 1024 MiB margin); "
