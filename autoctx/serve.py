@@ -98,8 +98,10 @@ def user_overrides(parsed: ParsedArgs, opts: PlanOptions) -> PlanOptions:
 
 
 def merged_argv(plan_args: list[str], user_args: list[str]) -> list[str]:
-    """The plan's arguments with the user's own after them: llama.cpp takes the last value of a repeated flag."""
-    return [*plan_args, *user_args]
+    """The plan's arguments without the flags the user set, then the user's own, in their order."""
+    from .runtimes.llamacpp.args import without_flags
+
+    return [*without_flags(plan_args, parse_server_args(user_args).explicit), *user_args]
 
 
 def profile_key(plan_: Plan, binary: str, devices: str, driver: str) -> ProfileKey:

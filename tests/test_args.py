@@ -371,3 +371,12 @@ def test_round_trip_keeps_devices_from_base():
     assert parse_server_args(to_server_args(p), base=replace(Params(), devices=p.devices)).params == p
     # and with a base, the host's repack rules are not imposed
     assert parse_server_args(to_server_args(p), base=replace(Params(), devices=p.devices)).params.cpu_repack == {}
+
+
+def test_without_flags_drops_modelled_flags_and_their_values():
+    from autoctx.runtimes.llamacpp.args import without_flags
+
+    argv = ["-m", "x.gguf", "-c", "32768", "--ctx-size=4096", "-ctk", "f16", "--no-repack", "-fa", "auto", "--fit",
+            "off"]
+    assert without_flags(argv, {"ctx", "no_repack"}) == ["-m", "x.gguf", "-ctk", "f16", "-fa", "auto", "--fit", "off"]
+    assert without_flags(argv, set()) == argv

@@ -182,6 +182,20 @@ def parse_server_args(argv: list[str], base: Params | None = None) -> ParsedArgs
     return out
 
 
+def without_flags(argv: list[str], names: set[str]) -> list[str]:
+    """argv with the modelled flags named (canonical names, e.g. {"ctx", "ctk"}) removed, values included."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        flag = argv[i].partition("=")[0]
+        name = _BY_SPELLING.get(flag)
+        step = 2 if (FLAGS.get(flag) and "=" not in argv[i]) else 1
+        if name not in names:
+            out += argv[i:i + step]
+        i += step
+    return out
+
+
 def with_devices(p: Params, devices: list[Device]) -> Params:
     return replace(p, devices=tuple(devices))
 
