@@ -186,6 +186,11 @@ def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: li
                 if free is not None and free < b.margin_bytes:
                     eaten.append(f"{b.device}: {free / MiB:.0f} MiB free after loading, below the "
                                  f"{b.margin_bytes / MiB:.0f} MiB margin")
+            for b in budgets:
+                if b.device in after.free and b.device != "CPU":  # RAM's drop is blurred by the page cache
+                    drop = b.free_bytes - after.free[b.device]
+                    notes.append(f"{b.device}: free memory dropped by {drop / MiB:.0f} MiB while loading; "
+                                 f"predicted {est.device_bytes(b.device) / MiB:.0f} MiB of buffers")
             for dev, held in after.process.items():
                 buffers = est.device_bytes(dev)
                 notes.append(f"{dev}: llama-server holds {held / MiB:.0f} MiB (driver), its buffers "

@@ -154,3 +154,11 @@ def test_after_load_reads_the_servers_gpu_memory_from_the_probe():
     after = probe_after_load(4242, probe_fn=lambda: ProbeResult([gpu, cpu]))
     assert after.free == {"CUDA0": 10 * 1024**3, "CPU": 50 * 1024**3}
     assert after.process == {"CUDA0": 13 * 1024**3}
+
+
+def test_profile_generate_saves_a_profile(gemma_path, env):
+    r = run(["profile", "generate", gemma_path, "--device", "cpu", "--", "-c", "4096"], env)
+    assert r.returncode == 0, r.stderr
+    assert "profile saved: " in r.stdout
+    shown = run(["profile", "show", gemma_path], env)
+    assert shown.returncode == 0 and "num_ctx = 4096" in shown.stdout and "runs = 1" in shown.stdout
