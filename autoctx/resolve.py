@@ -1,7 +1,7 @@
 """MODEL arguments → ModelSpec. Resolvers are tried in order; the first that recognises the name answers.
 
-Now: a GGUF path (or the first part of a split GGUF). Ollama names (`qwen2.5:32b`) and shipped profiles plug in
-here as further resolvers.
+A GGUF path (or the first part of a split GGUF); then an Ollama model name (`qwen2.5:32b`), read from the local
+model store. Shipped profiles plug in here next.
 """
 
 from __future__ import annotations
@@ -21,7 +21,17 @@ def gguf_path(name: str) -> ModelSpec | None:
     return None
 
 
-RESOLVERS: list[Resolver] = [gguf_path]
+def ollama_store(name: str) -> ModelSpec | None:
+    from dataclasses import replace
+
+    from .runtimes.ollama.store import find_model
+
+    found = find_model(name)  # raises a clear error when not pulled or unreadable
+    spec = load_spec(str(found.gguf))
+    return replace(spec, name=found.name.short, source=f"ollama store {found.root}")
+
+
+RESOLVERS: list[Resolver] = [gguf_path, ollama_store]
 
 
 def resolve(name: str) -> ModelSpec:
@@ -29,4 +39,4 @@ def resolve(name: str) -> ModelSpec:
         spec = r(name)
         if spec is not None:
             return spec
-    raise AutoctxError(f"{name}: not a GGUF file path (Ollama model names are not supported yet)")
+    raise AutoctxError(f"{name}: not a GGUF file nor an Ollama model name")

@@ -1,0 +1,1 @@
+"""Ollama: the model store, and (next) the server."""
