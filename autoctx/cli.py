@@ -256,6 +256,112 @@ def serve(
     sys.exit(server.serve_foreground())
 
 
+RUN_SETTINGS = {"allow_interspersed_args": False, "ignore_unknown_options": True, "help_option_names": ["--help"]}
+
+
+@app.command(context_settings=RUN_SETTINGS)
+def run(
+    model: str = typer.Argument(..., help="Ollama model name, e.g. qwen2.5:32b"),
+    prompt: Optional[List[str]] = typer.Argument(None, help="prompt, as for `ollama run`"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and the commands, change nothing"),
+    name: str = typer.Option("", "--name", help="derived model name (default: MODEL-autoctx)"),
+    free: Optional[List[str]] = typer.Option(None, "--free", help="DEVICE=SIZE (repeatable); replaces the probe"),
+    device: str = typer.Option("", "--device", help="cpu: plan for system RAM only"),
+    margin: str = typer.Option("", "--margin", help="memory to leave free on every device"),
+    max_ctx: int = typer.Option(0, "--max-ctx", help="largest context to consider"),
+    min_ctx: int = typer.Option(4096, "--min-ctx", help="smallest acceptable context"),
+) -> None:
+    """Like `ollama run MODEL [PROMPT]`, on a derived model with the largest safe num_ctx for this machine.
+
+    autoctx's own flags go before MODEL. Messages go to stderr; stdout is the model's answer.
+    """
+    import os
+    import shutil
+    from dataclasses import replace as dc_replace
+
+    from .errors import AutoctxError
+    from .planner import PlanOptions, plan as run_plan
+    from .probe.cpu import host_repack_rules
+    from .report import settings as plan_settings
+    from .resolve import resolve
+    from .runtimes.ollama.run import derived_name, ensure_derived, load_and_verify, plan_parameters
+    from .runtimes.ollama.server import enable_kv_instructions, ollama_host, server_settings
+
+    say = (lambda m: print(f"autoctx: {m}", file=sys.stderr))
+    srv = server_settings(ollama_host())
+    for n in srv.notes:
+        say(n)
+    spec = resolve(model)
+    if not spec.source.startswith("ollama"):
+        raise AutoctxError(f"{model}: autoctx run takes an Ollama model name (use autoctx serve for a GGUF file)")
+    budgets = _budgets(free or [], device, margin)
+    kv = srv.kv_cache_type
+    opts = PlanOptions(runtime="ollama", max_ctx=max_ctx or srv.context_length or None, min_ctx=min_ctx,
+                       kv_forced=(kv, kv), n_parallel=srv.num_parallel,
+                       flash_attn="on" if kv != "f16" else srv.flash_attention, cpu_repack=host_repack_rules())
+    p = run_plan(spec, budgets, opts)
+    if kv == "f16":
+        alt = run_plan(spec, budgets, dc_replace(opts, kv_forced=("q8_0", "q8_0"), flash_attn="on"))
+        if alt.num_ctx >= 1.25 * p.num_ctx:
+            say(f"with a q8_0 KV cache the server could give {alt.num_ctx} tokens instead of {p.num_ctx}; the KV "
+                f"type is server-wide, enable it with:\n  {enable_kv_instructions('q8_0')}")
+    target = name or derived_name(spec.name)
+    params = " ".join(f"{k}={v}" for k, v in plan_parameters(p).items())
+    if dry_run:
+        print(plan_settings(p))
+        print(f"server: {srv.url} (Ollama {srv.version}; KV {kv}, {srv.num_parallel} parallel; {srv.env_source})")
+        print(f"would create: {target} from {spec.name} with {params}")
+        print(f"would run: ollama run {target}" + "".join(f" {_quote(x)}" for x in prompt or []))
+        return
+    action = ensure_derived(srv.url, spec.name, target, p)
+    say(f"{action} {target} ({params}, KV {kv})")
+    check = load_and_verify(srv.url, target, p)
+    for w in check.warnings:
+        say(f"WARNING: {w}")
+    exe = shutil.which("ollama")
+    if exe:
+        sys.stdout.flush()
+        os.execv(exe, ["ollama", "run", target, *(prompt or [])])
+    _api_run(srv.url, target, list(prompt or []))
+
+
+def _api_run(url: str, model: str, prompt: list[str]) -> None:
+    """`ollama run` without the CLI: stream a generate for a prompt (stdin appended), or chat interactively."""
+    import ollama
+
+    from .runtimes.ollama.run import _call
+
+    client = ollama.Client(host=url)
+    text = " ".join(prompt)
+    if not sys.stdin.isatty():
+        piped = sys.stdin.read()
+        text = f"{piped}\n\n{text}".strip() if text else piped
+    if text:
+        for chunk in _call(lambda: client.generate(model=model, prompt=text, stream=True), f"run {model}"):
+            sys.stdout.write(chunk.response or "")
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    history: list[dict] = []
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            print()
+            return
+        if line.strip() in ("/bye", "/exit"):
+            return
+        history.append({"role": "user", "content": line})
+        reply = ""
+        for chunk in _call(lambda: client.chat(model=model, messages=history, stream=True), f"chat with {model}"):
+            part = chunk.message.content or ""
+            reply += part
+            sys.stdout.write(part)
+            sys.stdout.flush()
+        print()
+        history.append({"role": "assistant", "content": reply})
+
+
 profile_app = typer.Typer(help="Per-model profiles: plans, measurements and learned corrections.",
                           rich_markup_mode=None, no_args_is_help=True)
 app.add_typer(profile_app, name="profile")

@@ -1,0 +1,146 @@
+"""The Ollama server autoctx plans for: where it is, its version, and the settings it will really use.
+
+Since v0.30 Ollama runs llama-server with `-c num_ctx × OLLAMA_NUM_PARALLEL`, `-np OLLAMA_NUM_PARALLEL`, one KV cache
+type for K and V from OLLAMA_KV_CACHE_TYPE (server-wide; no Modelfile parameter) and OLLAMA_FLASH_ATTENTION
+(../shared/notes/ollama-facts.md). Those are environment variables of the `ollama serve` process, read here with
+psutil; when they cannot be read, Ollama's defaults are assumed and said.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+from ...errors import AutoctxError
+
+DEFAULT_PORT = 11434
+ENV_KEYS = ("OLLAMA_KV_CACHE_TYPE", "OLLAMA_FLASH_ATTENTION", "OLLAMA_NUM_PARALLEL", "OLLAMA_CONTEXT_LENGTH",
+            "OLLAMA_HOST", "OLLAMA_MODELS", "OLLAMA_GPU_OVERHEAD")
+
+
+class OllamaServerError(AutoctxError):
+    pass
+
+
+def ollama_host(env: dict[str, str] | None = None) -> str:
+    """OLLAMA_HOST as the client reads it: '0.0.0.0' → 127.0.0.1, default port 11434, http scheme."""
+    env = os.environ if env is None else env
+    raw = (env.get("OLLAMA_HOST") or "").strip()
+    scheme = "http"
+    if "://" in raw:
+        scheme, raw = raw.split("://", 1)
+    raw = raw.rstrip("/")
+    host, _, port = raw.rpartition(":") if raw.count(":") == 1 else (raw, "", "")
+    host = host or "127.0.0.1"
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    return f"{scheme}://{host}:{port or DEFAULT_PORT}"
+
+
+@dataclass
+class ServerSettings:
+    """What the running server will use when it loads a model."""
+
+    url: str
+    version: str | None
+    kv_cache_type: str = "f16"
+    flash_attention: str = "auto"
+    num_parallel: int = 1
+    context_length: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    env_source: str = ""  # "ollama serve pid 123" or why it could not be read
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def runs_llama_server(self) -> bool:
+        """v0.30 and later run upstream llama-server: the llama.cpp rules apply as they are."""
+        v = _version_tuple(self.version)
+        return v is None or v >= (0, 30)
+
+
+def _version_tuple(v: str | None) -> tuple[int, ...] | None:
+    if not v:
+        return None
+    try:
+        return tuple(int(x) for x in v.split("-")[0].split(".")[:2])
+    except ValueError:
+        return None
+
+
+def http_json(url: str, body: dict | None = None, timeout: float = 10.0) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        try:
+            msg = json.loads(e.read()).get("error", e.reason)
+        except Exception:
+            msg = e.reason
+        raise OllamaServerError(f"Ollama at {url.rsplit('/api', 1)[0]}: {msg} (HTTP {e.code})") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise OllamaServerError(f"no Ollama server at {url.rsplit('/api', 1)[0]} ({reason}): start it with "
+                                "`ollama serve`, or set OLLAMA_HOST") from None
+
+
+def serve_process_env(process_iter=None) -> tuple[dict[str, str], str]:
+    """OLLAMA_* variables of the running `ollama serve` (psutil), and where they came from."""
+    if process_iter is None:
+        import psutil
+
+        process_iter = psutil.process_iter
+    denied = None
+    for proc in process_iter(["pid", "name", "cmdline"]):
+        info = getattr(proc, "info", {}) or {}
+        cmd = info.get("cmdline") or []
+        name = info.get("name") or ""
+        if not (name.startswith("ollama") and "serve" in cmd[1:2]) and not (
+                cmd and os.path.basename(cmd[0]).startswith("ollama") and "serve" in cmd[1:]):
+            continue
+        try:
+            env = proc.environ()
+        except Exception as e:  # psutil.AccessDenied: another user's process (the systemd service)
+            denied = f"ollama serve pid {info.get('pid')} (environment not readable: {type(e).__name__})"
+            continue
+        return {k: v for k, v in env.items() if k in ENV_KEYS}, f"ollama serve pid {info.get('pid')}"
+    return {}, denied or "no local `ollama serve` process found"
+
+
+def server_settings(url: str | None = None, env_reader=serve_process_env) -> ServerSettings:
+    url = url or ollama_host()
+    version = http_json(f"{url}/api/version").get("version")
+    env, source = env_reader()
+    s = ServerSettings(url=url, version=version, env=env, env_source=source)
+    if not source.startswith("ollama serve pid") or "not readable" in source:
+        s.notes.append(f"server environment unknown ({source}): assuming Ollama's defaults (KV f16, flash "
+                       "attention auto, 1 parallel request)")
+    kv = env.get("OLLAMA_KV_CACHE_TYPE", "f16").lower() or "f16"
+    s.kv_cache_type = kv if kv in ("f16", "q8_0", "q4_0") else "f16"
+    fa = env.get("OLLAMA_FLASH_ATTENTION", "").lower()
+    s.flash_attention = "on" if fa in ("1", "true", "on") else "off" if fa in ("0", "false", "off") else "auto"
+    try:
+        s.num_parallel = max(1, int(env.get("OLLAMA_NUM_PARALLEL", "1") or 1))
+    except ValueError:
+        s.num_parallel = 1
+    if env.get("OLLAMA_CONTEXT_LENGTH", "").isdigit():
+        s.context_length = int(env["OLLAMA_CONTEXT_LENGTH"])
+    if not s.runs_llama_server:
+        s.notes.append(f"Ollama {version} predates 0.30 (its own runner): predictions follow llama.cpp's rules "
+                       "and may differ by a few percent")
+    return s
+
+
+def enable_kv_instructions(kv: str) -> str:
+    """How to make the server use a quantized KV cache: it is a server-wide setting."""
+    return (f"OLLAMA_KV_CACHE_TYPE={kv} OLLAMA_FLASH_ATTENTION=1 ollama serve\n"
+            "  or, for the systemd service: sudo systemctl edit ollama, add\n"
+            "    [Service]\n"
+            f"    Environment=\"OLLAMA_KV_CACHE_TYPE={kv}\"\n"
+            "    Environment=\"OLLAMA_FLASH_ATTENTION=1\"\n"
+            "  then: sudo systemctl restart ollama")
