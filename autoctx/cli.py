@@ -277,34 +277,13 @@ def run(
     """
     import os
     import shutil
-    from dataclasses import replace as dc_replace
 
-    from .errors import AutoctxError
-    from .planner import PlanOptions, plan as run_plan
-    from .probe.cpu import host_repack_rules
     from .report import settings as plan_settings
-    from .resolve import resolve
     from .runtimes.ollama.run import derived_name, ensure_derived, load_and_verify, plan_parameters
-    from .runtimes.ollama.server import enable_kv_instructions, ollama_host, server_settings
 
     say = (lambda m: print(f"autoctx: {m}", file=sys.stderr))
-    srv = server_settings(ollama_host())
-    for n in srv.notes:
-        say(n)
-    spec = resolve(model)
-    if not spec.source.startswith("ollama"):
-        raise AutoctxError(f"{model}: autoctx run takes an Ollama model name (use autoctx serve for a GGUF file)")
-    budgets = _budgets(free or [], device, margin)
+    srv, spec, p = _ollama_plan(model, free, device, margin, max_ctx, min_ctx, say)
     kv = srv.kv_cache_type
-    opts = PlanOptions(runtime="ollama", max_ctx=max_ctx or srv.context_length or None, min_ctx=min_ctx,
-                       kv_forced=(kv, kv), n_parallel=srv.num_parallel,
-                       flash_attn="on" if kv != "f16" else srv.flash_attention, cpu_repack=host_repack_rules())
-    p = run_plan(spec, budgets, opts)
-    if kv == "f16":
-        alt = run_plan(spec, budgets, dc_replace(opts, kv_forced=("q8_0", "q8_0"), flash_attn="on"))
-        if alt.num_ctx >= 1.25 * p.num_ctx:
-            say(f"with a q8_0 KV cache the server could give {alt.num_ctx} tokens instead of {p.num_ctx}; the KV "
-                f"type is server-wide, enable it with:\n  {enable_kv_instructions('q8_0')}")
     target = name or derived_name(spec.name)
     params = " ".join(f"{k}={v}" for k, v in plan_parameters(p).items())
     if dry_run:
@@ -323,6 +302,51 @@ def run(
         sys.stdout.flush()
         os.execv(exe, ["ollama", "run", target, *(prompt or [])])
     _api_run(srv.url, target, list(prompt or []))
+
+
+@app.command()
+def modelfile(
+    model: str = typer.Argument(..., help="Ollama model name"),
+    free: Optional[List[str]] = typer.Option(None, "--free", help="DEVICE=SIZE (repeatable); replaces the probe"),
+    device: str = typer.Option("", "--device", help="cpu: plan for system RAM only"),
+    margin: str = typer.Option("", "--margin", help="memory to leave free on every device"),
+    max_ctx: int = typer.Option(0, "--max-ctx", help="largest context to consider"),
+    min_ctx: int = typer.Option(4096, "--min-ctx", help="smallest acceptable context"),
+) -> None:
+    """Print the Modelfile `autoctx run` would create, planned for the Ollama server's real settings."""
+    _, spec, p = _ollama_plan(model, free, device, margin, max_ctx, min_ctx,
+                              lambda m: print(f"autoctx: {m}", file=sys.stderr))
+    print(p.modelfile(from_=spec.name), end="")
+
+
+def _ollama_plan(model, free, device, margin, max_ctx, min_ctx, say):
+    """The server's settings, the model (from the store) and the plan for them; suggests a quantized KV cache."""
+    from dataclasses import replace as dc_replace
+
+    from .errors import AutoctxError
+    from .planner import PlanOptions, plan as run_plan
+    from .probe.cpu import host_repack_rules
+    from .resolve import resolve
+    from .runtimes.ollama.server import enable_kv_instructions, ollama_host, server_settings
+
+    srv = server_settings(ollama_host())
+    for n in srv.notes:
+        say(n)
+    spec = resolve(model)
+    if not spec.source.startswith("ollama"):
+        raise AutoctxError(f"{model}: an Ollama model name is needed here (use autoctx serve for a GGUF file)")
+    budgets = _budgets(free or [], device, margin)
+    kv = srv.kv_cache_type
+    opts = PlanOptions(runtime="ollama", max_ctx=max_ctx or srv.context_length or None, min_ctx=min_ctx,
+                       kv_forced=(kv, kv), n_parallel=srv.num_parallel,
+                       flash_attn="on" if kv != "f16" else srv.flash_attention, cpu_repack=host_repack_rules())
+    p = run_plan(spec, budgets, opts)
+    if kv == "f16":
+        alt = run_plan(spec, budgets, dc_replace(opts, kv_forced=("q8_0", "q8_0"), flash_attn="on"))
+        if alt.num_ctx >= 1.25 * p.num_ctx:
+            say(f"with a q8_0 KV cache the server could give {alt.num_ctx} tokens instead of {p.num_ctx}; the KV "
+                f"type is server-wide, enable it with:\n  {enable_kv_instructions('q8_0')}")
+    return srv, spec, p
 
 
 def _api_run(url: str, model: str, prompt: list[str]) -> None:

@@ -123,3 +123,22 @@ def test_bad_situations_are_one_line(env, ollama, case, message):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("autoctx: error: ") and message in last, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_modelfile_command_and_the_q8_suggestion(env, ollama, shape_file, store):  # noqa: F811
+    r = autoctx(env, "modelfile", "--device", "cpu", "--free", "cpu=2GiB", "gemma3:270m")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "FROM gemma3:270m\nPARAMETER num_ctx 32768\n"
+    # a model whose f16 cache is the limit: the server-wide q8_0 setting is suggested with the exact lines
+    blob = store / "blobs" / ("sha256-" + "3" * 64)
+    os.symlink(shape_file("llama-3.1-8b"), blob)
+    m = {"schemaVersion": 2, "layers": [{"mediaType": "application/vnd.ollama.image.model",
+                                          "digest": "sha256:" + "3" * 64, "size": os.path.getsize(blob)}]}
+    d = store / "manifests" / "registry.ollama.ai" / "library" / "llama3.1"
+    d.mkdir(parents=True)
+    (d / "8b").write_text(json.dumps(m))
+    r = autoctx(env, "modelfile", "--free", "cuda0=8GiB", "llama3.1:8b")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("FROM llama3.1:8b\nPARAMETER num_ctx ")
+    assert "with a q8_0 KV cache the server could give" in r.stderr
+    assert 'Environment="OLLAMA_KV_CACHE_TYPE=q8_0"' in r.stderr
