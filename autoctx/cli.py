@@ -160,6 +160,8 @@ def plan(
         raise typer.BadParameter("--emit must be args or modelfile")
     budgets = _budgets(free or [], device, margin)
     kinds = [_kv_pair(t) for t in kv_types.split(",") if t.strip()]
+    if runtime == "ollama":  # one server-wide type for K and V (OLLAMA_KV_CACHE_TYPE)
+        kinds = [k for k in kinds if k[0] == k[1]]
     opts = PlanOptions(runtime=runtime, max_ctx=max_ctx or None, min_ctx=min_ctx, kv_order=tuple(kinds),
                        kv_forced=_kv_pair(kv_type) if kv_type else None, n_parallel=max(1, parallel),
                        n_ubatch=ubatch, repack=not no_repack, cpu_repack=host_repack_rules())
@@ -184,7 +186,10 @@ def plan(
                           "llama_server_args": args, "modelfile": modelfile, "reasons": p.reasons,
                           "max_ctx_by_kv": p.max_ctx_by_kv}, indent=2))
         return
-    print(f"{spec.path}: {spec.architecture}, {spec.n_layer} layers, n_ctx_train {spec.n_ctx_train}")
+    print(f"{spec.name if spec.source != 'gguf' else spec.path}: {spec.architecture}, {spec.n_layer} layers, "
+          f"n_ctx_train {spec.n_ctx_train}")
+    if spec.source.startswith("shipped profile"):
+        print(f"  not pulled: architecture and weights from the {spec.source}")
     print(settings(p))
     print()
     print(plan_table(p))
@@ -332,7 +337,7 @@ def _ollama_plan(model, free, device, margin, max_ctx, min_ctx, say):
     srv = server_settings(ollama_host())
     for n in srv.notes:
         say(n)
-    spec = resolve(model)
+    spec = resolve(model, pulled_only=True)
     if not spec.source.startswith("ollama"):
         raise AutoctxError(f"{model}: an Ollama model name is needed here (use autoctx serve for a GGUF file)")
     budgets = _budgets(free or [], device, margin)

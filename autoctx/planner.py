@@ -92,7 +92,8 @@ class Plan:
 
     def modelfile(self, from_: str | None = None) -> str:
         """An Ollama Modelfile. The KV type is a server-wide env var in Ollama, not a Modelfile parameter."""
-        lines = [f"FROM {from_ or self.spec.path}", f"PARAMETER num_ctx {self.num_ctx}"]
+        default = self.spec.name if self.spec.source.startswith(("ollama", "shipped")) else self.spec.path
+        lines = [f"FROM {from_ or default}", f"PARAMETER num_ctx {self.num_ctx}"]
         if any(b.device != CPU for b in self.budgets) and self.n_gpu_layers < self.spec.n_layer + 1:
             lines.append(f"PARAMETER num_gpu {self.n_gpu_layers}")
         if (self.cache_type_k, self.cache_type_v) != ("f16", "f16"):

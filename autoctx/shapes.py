@@ -354,11 +354,11 @@ def _gemma2(name: str, title: str, source: str, *, n_layer: int, n_ctx: int, n_e
 
 
 def _gemma3(name: str, title: str, source: str, *, n_layer: int, n_embd: int, n_ff: int, n_head: int,
-            n_head_kv: int) -> Shape:
+            n_head_kv: int, head_dim: int = 256) -> Shape:
     """Gemma 3 text: as Gemma 2 plus q/k norms; 5 of every 6 layers use a 1024-token sliding window
     (llama.cpp's default pattern, the converter writes no pattern key), local rope base 10k, global 1M with
     linear scaling x8."""
-    head_dim, n_vocab = 256, 262144
+    n_vocab = 262144
     t = _Tensors(tied=True)
     t.embeddings(n_embd, n_vocab)
     for i in range(n_layer):
@@ -440,6 +440,19 @@ def qwen2_5_32b() -> Shape:
                  rope_base=1000000.0, rms_eps=1e-6, specials=_QWEN_SPECIALS)
 
 
+def qwen2_5_14b() -> Shape:
+    return _qwen("qwen2.5-14b", "Qwen2.5-14B-Instruct Q4_K_M", "Qwen/Qwen2.5-14B-Instruct", arch="qwen2",
+                 n_layer=48, n_ctx=32768, n_embd=5120, n_ff=13824, n_head=40, n_head_kv=8, n_vocab=152064,
+                 rope_base=1000000.0, rms_eps=1e-6, specials=_QWEN_SPECIALS)
+
+
+def deepseek_r1_14b() -> Shape:
+    """DeepSeek-R1-Distill-Qwen-14B: the Qwen2.5-14B architecture with a 128k trained context."""
+    return _qwen("deepseek-r1-14b", "DeepSeek-R1-Distill-Qwen-14B Q4_K_M", "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B",
+                 arch="qwen2", n_layer=48, n_ctx=131072, n_embd=5120, n_ff=13824, n_head=40, n_head_kv=8,
+                 n_vocab=152064, rope_base=1000000.0, rms_eps=1e-5, specials=_QWEN_SPECIALS)
+
+
 def qwen3_8b() -> Shape:
     return _qwen("qwen3-8b", "Qwen3-8B Q4_K_M", "Qwen/Qwen3-8B", arch="qwen3",
                  n_layer=36, n_ctx=40960, n_embd=4096, n_ff=12288, n_head=32, n_head_kv=8, head_dim=128,
@@ -467,6 +480,11 @@ def gemma_3_4b() -> Shape:
 def gemma_3_12b() -> Shape:
     return _gemma3("gemma-3-12b", "gemma-3-12b-it Q4_K_M (text)", "google/gemma-3-12b-it",
                    n_layer=48, n_embd=3840, n_ff=15360, n_head=16, n_head_kv=8)
+
+
+def gemma_3_27b() -> Shape:
+    return _gemma3("gemma-3-27b", "gemma-3-27b-it Q4_K_M (text)", "google/gemma-3-27b-it",
+                   n_layer=62, n_embd=5376, n_ff=21504, n_head=32, n_head_kv=16, head_dim=128)
 
 
 def phi_3_mini() -> Shape:
@@ -645,12 +663,15 @@ SHAPES: dict[str, Callable[[], Shape]] = {
     "mistral-7b": mistral_7b,
     "mixtral-8x7b": mixtral_8x7b,
     "qwen2.5-7b": qwen2_5_7b,
+    "qwen2.5-14b": qwen2_5_14b,
     "qwen2.5-32b": qwen2_5_32b,
+    "deepseek-r1-14b": deepseek_r1_14b,
     "qwen3-8b": qwen3_8b,
     "qwen3-30b-a3b": qwen3_30b_a3b,
     "gemma-2-9b": gemma_2_9b,
     "gemma-3-4b": gemma_3_4b,
     "gemma-3-12b": gemma_3_12b,
+    "gemma-3-27b": gemma_3_27b,
     "phi-3-mini": phi_3_mini,
     "deepseek-v2-lite": deepseek_v2_lite,
     "gpt-oss-20b": gpt_oss_20b,
@@ -773,3 +794,17 @@ def write_shape_gguf(shape: Shape, path: str | Path) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def header_view(shape: Shape, path: str = ""):
+    """The GGUFFile a written shape file would read back as (tensor offsets aligned to 32), without any file:
+    enough for ModelSpec and the memory model, e.g. to plan a model before it is downloaded."""
+    from .gguf import GGUFFile, TensorInfo
+
+    tensors, offset = [], 0
+    for t in shape.tensors:
+        tensors.append(TensorInfo(t.name, t.shape, t.ggml_type, offset, t.nbytes))
+        offset += (t.nbytes + 31) // 32 * 32
+    meta = dict(shape.metadata)
+    meta.setdefault(f"{shape.arch}.vocab_size", shape.n_vocab)
+    return GGUFFile([path or f"shape:{shape.name}"], 3, "<", meta, tensors, 32, [0], [offset])

@@ -80,8 +80,34 @@ def test_plan_an_ollama_name_from_the_store(store, gemma_path):
                         "cpu=2GiB", "--runtime", "ollama", "--emit", "modelfile"], capture_output=True, text=True,
                        env=env)
     assert r.returncode == 0, r.stderr
-    assert r.stdout == f"FROM {store / 'blobs' / ('sha256-' + GEMMA_SHA256)}\nPARAMETER num_ctx 32768\n"
-    missing = subprocess.run([sys.executable, "-m", "autoctx.cli", "plan", "llama3.1:8b", "--device", "cpu"],
-                             capture_output=True, text=True, env=env)
+    assert r.stdout == "FROM gemma3:270m\nPARAMETER num_ctx 32768\n"
+    missing = subprocess.run([sys.executable, "-m", "autoctx.cli", "plan", "phi4:14b", "--device", "cpu"],
+                             capture_output=True, text=True, env=env)  # not pulled, no shipped profile
     assert missing.returncode == 1
-    assert missing.stderr.strip().endswith("run `ollama pull llama3.1:8b`")
+    assert missing.stderr.strip().endswith("run `ollama pull phi4:14b`")
+
+
+def test_every_shipped_profile_plans_before_pull():
+    from autoctx.planner import Budget, plan
+    from autoctx.resolve import shipped_profiles, shipped_profile
+
+    profiles = shipped_profiles()
+    assert len(profiles) >= 12
+    for tag, prof in profiles.items():
+        assert prof["architecture_source"].startswith("https://huggingface.co/")
+        spec = shipped_profile(tag)
+        assert spec.name == tag and spec.source.startswith("shipped profile")
+        p = plan(spec, [Budget("CUDA0", 96 * 1024**3, 1024**3)])
+        assert p.num_ctx >= 4096 and p.estimate.kind_bytes("model") > 1024**3
+
+
+def test_plan_an_unpulled_tag_from_its_shipped_profile(tmp_path):
+    env = dict(os.environ, OLLAMA_MODELS=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "autoctx.cli", "plan", "qwen2.5:32b", "--free", "cuda0=24GiB",
+                        "--runtime", "ollama"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "qwen2.5:32b: qwen2, 64 layers, n_ctx_train 32768"
+    assert lines[1].startswith("  not pulled: architecture and weights from the shipped profile ")
+    assert "KV q4_0   " in r.stdout and "(K) /" not in r.stdout  # Ollama: one KV type for K and V
+    assert "FROM qwen2.5:32b\nPARAMETER num_ctx" in r.stdout
