@@ -275,6 +275,9 @@ def run(
     margin: str = typer.Option("", "--margin", help="memory to leave free on every device"),
     max_ctx: int = typer.Option(0, "--max-ctx", help="largest context to consider"),
     min_ctx: int = typer.Option(4096, "--min-ctx", help="smallest acceptable context"),
+    pull_model: bool = typer.Option(False, "--pull", help="pull MODEL first if it is not in the local store"),
+    evict: bool = typer.Option(False, "--evict", help="unload the other models the server holds, and plan with "
+                               "their memory"),
 ) -> None:
     """Like `ollama run MODEL [PROMPT]`, on a derived model with the largest safe num_ctx for this machine.
 
@@ -287,6 +290,19 @@ def run(
     from .runtimes.ollama.run import derived_name, ensure_derived, load_and_verify, plan_parameters
 
     say = (lambda m: print(f"autoctx: {m}", file=sys.stderr))
+    if pull_model or evict:
+        from .resolve import NotPulled, ollama_store
+        from .runtimes.ollama.run import pull, unload_others
+        from .runtimes.ollama.server import ollama_host
+
+        if pull_model:
+            try:
+                ollama_store(model)
+            except NotPulled:
+                pull(ollama_host(), model, sys.stderr)
+        if evict and not dry_run:
+            for other, vram in unload_others(ollama_host(), derived_name(model)):
+                say(f"unloaded {other} ({vram / 2**30:.2f} GiB of GPU memory)")
     srv, spec, p = _ollama_plan(model, free, device, margin, max_ctx, min_ctx, say)
     kv = srv.kv_cache_type
     target = name or derived_name(spec.name)

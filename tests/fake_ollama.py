@@ -23,6 +23,7 @@ class FakeOllama:
         self.version = version
         self.refuse_create = False
         self.spill_bytes = 0  # size - size_vram reported by /api/ps (CPU spill)
+        self.pull_source = ""  # /api/pull copies this model's manifest under the requested name
         self.loaded: dict[str, dict] = {}
         self.requests: list[tuple[str, str, dict]] = []
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -170,7 +171,18 @@ class FakeOllama:
                     return self._send(200, chunks if stream else chunks[-1] | {"response": "".join(words)},
                                       stream=stream)
                 if self.path == "/api/pull":
-                    return self._send(404, {"error": "pull model manifest: file does not exist"})
+                    source = srv.manifest(srv.pull_source) if srv.pull_source else None
+                    if source is None:
+                        return self._send(404, {"error": "pull model manifest: file does not exist"})
+                    p = srv._manifest_path(name)
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    p.write_text(json.dumps(source))
+                    total = source["layers"][0]["size"]
+                    events = [{"status": "pulling manifest"}] + [
+                        {"status": f"pulling {source['layers'][0]['digest'][7:19]}", "digest":
+                         source["layers"][0]["digest"], "total": total, "completed": total * i // 4}
+                        for i in range(1, 5)] + [{"status": "verifying sha256 digest"}, {"status": "success"}]
+                    return self._send(200, events, stream=True)
                 self._send(404, {"error": "not found"})
 
         return H

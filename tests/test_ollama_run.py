@@ -142,3 +142,20 @@ def test_modelfile_command_and_the_q8_suggestion(env, ollama, shape_file, store)
     assert r.stdout.startswith("FROM llama3.1:8b\nPARAMETER num_ctx ")
     assert "with a q8_0 KV cache the server could give" in r.stderr
     assert 'Environment="OLLAMA_KV_CACHE_TYPE=q8_0"' in r.stderr
+
+
+def test_pull_with_progress_then_run(env, ollama):
+    ollama.pull_source = "gemma3:270m"
+    r = autoctx(env, "run", "--pull", "--device", "cpu", "--free", "cpu=2GiB", "gemma3:latest", "hi")
+    assert r.returncode == 0, r.stderr
+    assert "pulling gemma3:latest: pulling " in r.stderr and "100.0%" in r.stderr
+    assert r.stdout == "echo: hi\n"
+    assert (ollama.store / "manifests/registry.ollama.ai/library/gemma3/latest").is_file()
+
+
+def test_evict_unloads_the_other_models_first(env, ollama):
+    ollama.load("gemma3:270m", {})
+    r = autoctx(env, "run", "--evict", "--device", "cpu", "--free", "cpu=2GiB", "gemma3:270m", "hi")
+    assert r.returncode == 0, r.stderr
+    assert "autoctx: unloaded gemma3:270m (" in r.stderr
+    assert list(ollama.loaded) == ["gemma3:270m-autoctx"]

@@ -113,3 +113,34 @@ def load_and_verify(url: str, name: str, p: Plan, keep_alive: str = "10m") -> Lo
         check.warnings.append(f"the server loaded {check.context_length} tokens of context, the plan said "
                               f"{p.num_ctx}")
     return check
+
+
+def pull(url: str, name: str, out) -> None:
+    """`ollama pull` through the client, with a one-line progress bar on `out` (stderr)."""
+    last = ""
+    for ev in _call(lambda: _client(url).pull(name, stream=True), f"pull {name}"):
+        status = ev.status or ""
+        if ev.total:
+            frac = (ev.completed or 0) / ev.total
+            bar = "#" * int(frac * 30)
+            line = f"\rpulling {name}: {status[:30]:<30} [{bar:<30}] {100 * frac:5.1f}%"
+        else:
+            line = f"\rpulling {name}: {status[:70]:<70}"
+        if line != last:
+            out.write(line)
+            out.flush()
+            last = line
+    out.write("\n")
+
+
+def unload_others(url: str, keep: str) -> list[tuple[str, int]]:
+    """Unload every loaded model but `keep` (keep_alive 0); returns (name, size_vram) of those unloaded."""
+    client = _client(url)
+    gone = []
+    for m in _call(lambda: client.ps(), "list running models").models:
+        name = m.model or m.name
+        if name == keep:
+            continue
+        _call(lambda: client.generate(model=name, prompt="", keep_alive=0), f"unload {name}")
+        gone.append((name, int(m.size_vram or 0)))
+    return gone
