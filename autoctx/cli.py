@@ -318,6 +318,11 @@ def run(
     check = load_and_verify(srv.url, target, p)
     for w in check.warnings:
         say(f"WARNING: {w}")
+    from .profiles import ProfileStore
+    from .runtimes.ollama.run import record_load
+
+    say(f"loaded: {check.size / 2**30:.2f} GiB ({check.size_vram / 2**30:.2f} GiB on GPUs), context "
+        f"{check.context_length}; profile {record_load(ProfileStore(), p.profile_key, spec, p, check)}")
     exe = shutil.which("ollama")
     if exe:
         sys.stdout.flush()
@@ -356,12 +361,22 @@ def _ollama_plan(model, free, device, margin, max_ctx, min_ctx, say):
     spec = resolve(model, pulled_only=True)
     if not spec.source.startswith("ollama"):
         raise AutoctxError(f"{model}: an Ollama model name is needed here (use autoctx serve for a GGUF file)")
-    budgets = _budgets(free or [], device, margin)
+    from .profiles import ProfileStore, apply_corrections
+    from .runtimes.ollama.run import profile_key
+
+    budgets, desc, driver = _budgets(free or [], device, margin, describe=True)
+    key = profile_key(spec, desc, driver, srv.version)
+    store = ProfileStore()
+    budgets, corrections = apply_corrections(budgets, store.get(key))
+    for w in store.warnings:
+        say(f"warning: {w}")
     kv = srv.kv_cache_type
     opts = PlanOptions(runtime="ollama", max_ctx=max_ctx or srv.context_length or None, min_ctx=min_ctx,
                        kv_forced=(kv, kv), n_parallel=srv.num_parallel,
                        flash_attn="on" if kv != "f16" else srv.flash_attention, cpu_repack=host_repack_rules())
     p = run_plan(spec, budgets, opts)
+    p.reasons += corrections
+    p.profile_key = key
     if kv == "f16":
         alt = run_plan(spec, budgets, dc_replace(opts, kv_forced=("q8_0", "q8_0"), flash_attn="on"))
         if alt.num_ctx >= 1.25 * p.num_ctx:

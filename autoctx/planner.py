@@ -83,6 +83,7 @@ class Plan:
     reasons: list[str]
     max_ctx_by_kv: dict[str, int]  # "f16/f16" -> largest context that fits (0: not even 256)
     params: Params
+    profile_key: object = None  # set by callers that read/write a profile for this plan
 
     def llama_server_args(self, model_path: str | None = None) -> list[str]:
         """Every memory-relevant flag set explicitly, --fit off, so the runtime cannot re-decide."""

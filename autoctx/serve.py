@@ -15,7 +15,7 @@ from typing import Callable
 
 from .errors import AutoctxError
 from .planner import Budget, Plan, PlanOptions, plan
-from .profiles import Profile, ProfileKey, ProfileStore, learn, model_digest, runtime_build
+from .profiles import Profile, ProfileKey, ProfileStore, apply_corrections, learn, model_digest, runtime_build
 from .runtimes.llamacpp.args import ParsedArgs, parse_server_args
 from .runtimes.llamacpp.launch import LlamaServer
 from .runtimes.llamacpp.server import ServerError, last_lines
@@ -137,15 +137,7 @@ def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: li
         profile = store.get(key)
         for w in store.warnings:
             say(f"warning: {w}")
-        if profile and profile.correction:
-            adjusted = []
-            for b in budgets:
-                extra = profile.correction_bytes(b.device)
-                adjusted.append(replace(b, margin_bytes=b.margin_bytes + extra))
-                if extra:
-                    notes.append(f"profile {key.id}: {b.device} measured {extra / MiB:.2f} MiB more than predicted "
-                                 f"over {profile.runs} run(s); planning with that much less")
-            budgets = adjusted
+        budgets, notes = apply_corrections(budgets, profile)
     attempts: list[str] = []
     fault = os.environ.get(FAULT_ENV, "")
     for attempt in range(1, max_tries + 1):

@@ -23,6 +23,7 @@ class FakeOllama:
         self.version = version
         self.refuse_create = False
         self.spill_bytes = 0  # size - size_vram reported by /api/ps (CPU spill)
+        self.bytes_per_token = 4096  # /api/ps size = model blob + num_ctx × this
         self.pull_source = ""  # /api/pull copies this model's manifest under the requested name
         self.loaded: dict[str, dict] = {}
         self.requests: list[tuple[str, str, dict]] = []
@@ -109,7 +110,7 @@ class FakeOllama:
         params.update(options or {})
         ctx = int(params.get("num_ctx", 4096))
         model_layer = next(x for x in m["layers"] if x["mediaType"] == MEDIA + "model")
-        size = model_layer["size"] + ctx * 4096
+        size = model_layer["size"] + ctx * self.bytes_per_token
         self.loaded[name] = {"name": name, "model": name, "size": size, "digest": model_layer["digest"][7:],
                              "details": {"format": "gguf"}, "expires_at": "2026-11-23T23:59:59Z",
                              "size_vram": size - self.spill_bytes, "context_length": ctx}

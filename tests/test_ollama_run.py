@@ -159,3 +159,21 @@ def test_evict_unloads_the_other_models_first(env, ollama):
     assert r.returncode == 0, r.stderr
     assert "autoctx: unloaded gemma3:270m (" in r.stderr
     assert list(ollama.loaded) == ["gemma3:270m-autoctx"]
+
+
+def test_the_load_is_saved_into_a_profile_that_the_next_plan_applies(env, ollama, tmp_path):
+    ollama.bytes_per_token = 8192  # more than llama.cpp's own buffers for this model
+    r = autoctx(env, "run", "--device", "cpu", "--free", "cpu=2GiB", "gemma3:270m", "hi")
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stderr.splitlines() if x.startswith("autoctx: loaded: "))
+    path = line.rsplit("profile ", 1)[1]
+    import tomllib
+
+    prof = tomllib.loads(open(path).read())
+    assert prof["key"]["model_digest"] == GEMMA_SHA256 and prof["key"]["runtime"] == "ollama 0.32.15"
+    size = ollama.loaded["gemma3:270m-autoctx"]["size"]
+    assert prof["measured"] == {"CPU": {"total": size}}
+    # the fake server reports more than llama.cpp would allocate: the next plan keeps that much more free
+    dry = autoctx(env, "run", "--dry-run", "--device", "cpu", "--free", "cpu=2GiB", "gemma3:270m")
+    extra = prof["correction"]["CPU"]["total"]
+    assert extra > 0 and f"measured {extra / 2**20:.2f} MiB more than predicted over 1 run(s)" in dry.stdout

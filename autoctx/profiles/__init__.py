@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import AutoctxError
 
-KINDS = ("model", "kv", "compute", "output")
+KINDS = ("model", "kv", "compute", "output", "total")  # total: what Ollama's /api/ps reports per device
 
 
 class ProfileError(AutoctxError):
@@ -120,6 +120,22 @@ def learn(profile: Profile, predicted: dict[str, dict[str, int]], measured: dict
     profile.correction = corr
     profile.runs += 1
     profile.updated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def apply_corrections(budgets: list, profile: Profile | None) -> tuple[list, list[str]]:
+    """Budgets with each device's learned under-prediction added to its margin, and the lines that say so."""
+    from dataclasses import replace
+
+    if profile is None or not profile.correction:
+        return budgets, []
+    out, notes = [], []
+    for b in budgets:
+        extra = profile.correction_bytes(b.device)
+        out.append(replace(b, margin_bytes=b.margin_bytes + extra))
+        if extra:
+            notes.append(f"profile {profile.key.id}: {b.device} measured {extra / 2**20:.2f} MiB more than "
+                         f"predicted over {profile.runs} run(s); planning with that much less")
+    return out, notes
 
 
 class ProfileStore:

@@ -144,3 +144,29 @@ def unload_others(url: str, keep: str) -> list[tuple[str, int]]:
         _call(lambda: client.generate(model=name, prompt="", keep_alive=0), f"unload {name}")
         gone.append((name, int(m.size_vram or 0)))
     return gone
+
+
+def profile_key(spec, devices_desc: str, driver: str, version: str | None):
+    """Profiles of Ollama runs: keyed by the model blob's digest (its file name in the store)."""
+    import os
+
+    from ...profiles import ProfileKey
+
+    digest = os.path.basename(spec.path).removeprefix("sha256-")
+    return ProfileKey(digest, devices_desc, driver, f"ollama {version or 'unknown'}")
+
+
+def record_load(store, key, spec, p: Plan, check: LoadCheck) -> str:
+    """Save what /api/ps said against the plan: totals per device (GPU = size_vram, CPU = the rest)."""
+    from ...profiles import Profile, learn
+
+    gpus = [b.device for b in p.budgets if b.device != "CPU"]
+    predicted = {d: {"total": p.estimate.resident_bytes(d)} for d in [*gpus, "CPU"]}
+    if gpus:
+        measured = {gpus[0]: {"total": check.size_vram}, "CPU": {"total": check.size - check.size_vram}}
+    else:
+        measured = {"CPU": {"total": check.size}}
+    prof = store.get(key) or Profile(key, spec.path, spec.name, spec.architecture)
+    prof.plan = {**p.as_dict(), "runtime": "ollama"}
+    learn(prof, predicted, measured)
+    return str(store.save(prof))
