@@ -2,6 +2,7 @@
 
 1. a GGUF path (or the first part of a split GGUF);
 2. an Ollama model name (`qwen2.5:32b`) pulled into the local model store (its GGUF blob is read directly);
+   else what the Ollama server's `/api/show` says of it (remote server, unreadable store);
 3. a shipped profile (the repository's profiles/ollama/*.toml): the architecture and tensor shapes of a popular
    Ollama tag from autoctx.shapes, so that a model can be planned before it is pulled.
 """
@@ -44,6 +45,39 @@ def ollama_store(name: str) -> ModelSpec | None:
     return replace(spec, name=found.name.short, source=f"ollama store {found.root}")
 
 
+def ollama_show(name: str) -> ModelSpec | None:
+    """A model the Ollama server has but the local store cannot give (a remote server, an unreadable store): its
+    `/api/show` (verbose) metadata and tensor list. Tensor offsets are approximated (sequential), which only
+    affects how a memory-mapped range is counted."""
+    from .gguf import GGUFFile, TensorInfo, tensor_bytes, type_from_name
+    from .runtimes.ollama.server import OllamaServerError, http_json, ollama_host
+    from .runtimes.ollama.store import parse_name
+
+    short = parse_name(name).short
+    url = ollama_host()
+    try:
+        d = http_json(f"{url}/api/show", {"model": short, "verbose": True}, timeout=10)
+    except OllamaServerError:
+        return None  # no server, or it does not have the model either
+    info, raw = d.get("model_info") or {}, d.get("tensors") or []
+    if not info or not raw:
+        raise AutoctxError(f"{short}: the Ollama server at {url} does not list its tensors (an older Ollama?); "
+                           "pull it into the local store or give the GGUF path")
+    tensors, offset = [], 0
+    try:
+        for t in raw:
+            gtype = type_from_name(str(t["type"]))
+            shape = tuple(int(x) for x in t["shape"])
+            n = tensor_bytes(gtype, shape)
+            tensors.append(TensorInfo(t["name"], shape, gtype, offset, n))
+            offset += (n + 31) // 32 * 32
+    except (KeyError, ValueError, TypeError) as e:
+        raise AutoctxError(f"{short}: unexpected tensor list from {url}/api/show ({e})") from None
+    view = GGUFFile([f"ollama:{short}"], 3, "<", dict(info), tensors, 32, [0], [offset])
+    spec = spec_from_gguf(view)
+    return replace(spec, name=short, source=f"ollama /api/show at {url} (tensor offsets approximated)")
+
+
 def shipped_profiles() -> dict[str, dict]:
     out = {}
     for p in sorted(SHIPPED.glob("*.toml")) if SHIPPED.is_dir() else []:
@@ -67,7 +101,7 @@ def shipped_profile(name: str) -> ModelSpec | None:
     return replace(spec, name=short, source=f"shipped profile {prof['file']} (weights {prof['weights']})")
 
 
-RESOLVERS: list[Resolver] = [gguf_path, ollama_store, shipped_profile]
+RESOLVERS: list[Resolver] = [gguf_path, ollama_store, ollama_show, shipped_profile]
 
 
 def resolve(name: str, pulled_only: bool = False) -> ModelSpec:

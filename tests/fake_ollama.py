@@ -69,7 +69,7 @@ class FakeOllama:
         return digest
 
     # --- API ----------------------------------------------------------------------------------------------------
-    def show(self, name: str) -> tuple[int, dict]:
+    def show(self, name: str, verbose: bool = False) -> tuple[int, dict]:
         m = self.manifest(name)
         if m is None:
             return 404, {"error": f"model '{name}' not found"}
@@ -77,9 +77,19 @@ class FakeOllama:
         for text in self._layer_text(m, "params"):
             params.update(json.loads(text))
         lines = [f"{k} {v}" for k, v in params.items()]
-        return 200, {"license": "\n".join(self._layer_text(m, "license")), "parameters": "\n".join(lines),
+        out = {}
+        if verbose:  # model_info with every key and the tensor list, read from the model blob
+            from autoctx.gguf import GGUFArray, read_gguf
+
+            blob = self._blob(next(x["digest"] for x in m["layers"] if x["mediaType"] == MEDIA + "model"))
+            f = read_gguf(str(blob))
+            out["model_info"] = {k: v for k, v in f.metadata.items() if not isinstance(v, GGUFArray)}
+            out["tensors"] = [{"name": t.name, "type": t.type_name.upper(), "shape": list(t.shape)}
+                              for t in f.tensors]
+        return 200, {**out, "license": "\n".join(self._layer_text(m, "license")), "parameters": "\n".join(lines),
                      "modelfile": f"FROM {name}\n" + "".join(f"PARAMETER {x}\n" for x in lines),
-                     "details": {"format": "gguf", "family": "gemma3"}, "model_info": {"general.architecture": "gemma3"}}
+                     "details": {"format": "gguf", "family": "gemma3"},
+                     "model_info": out.get("model_info", {"general.architecture": "gemma3"})}
 
     def create(self, body: dict) -> tuple[int, dict | list]:
         if self.refuse_create:
@@ -150,7 +160,7 @@ class FakeOllama:
                 stream = body.get("stream", True)
                 name = body.get("model") or body.get("name", "")
                 if self.path == "/api/show":
-                    return self._send(*srv.show(name))
+                    return self._send(*srv.show(name, bool(body.get("verbose"))))
                 if self.path == "/api/create":
                     code, payload = srv.create(body)
                     return self._send(code, payload if stream or code != 200 else payload[-1],

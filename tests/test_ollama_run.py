@@ -177,3 +177,15 @@ def test_the_load_is_saved_into_a_profile_that_the_next_plan_applies(env, ollama
     dry = autoctx(env, "run", "--dry-run", "--device", "cpu", "--free", "cpu=2GiB", "gemma3:270m")
     extra = prof["correction"]["CPU"]["total"]
     assert extra > 0 and f"measured {extra / 2**20:.2f} MiB more than predicted over 1 run(s)" in dry.stdout
+
+
+def test_a_model_only_the_server_has_is_planned_from_api_show(env, ollama, tmp_path):
+    env["OLLAMA_MODELS"] = str(tmp_path / "empty-store")  # this machine's store does not have it (remote server)
+    r = autoctx(env, "plan", "gemma3:270m", "--device", "cpu", "--free", "cpu=2GiB", "--json", "--no-repack")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["plan"]["num_ctx"] == 32768
+    weights = sum(b["bytes"] for b in d["buffers"] if b["kind"] == "model")
+    assert weights == 246587904  # the tensor list gives the exact bytes
+    shows = [b for m, path, b in ollama.requests if path == "/api/show"]
+    assert shows and shows[-1] == {"model": "gemma3:270m", "verbose": True}
