@@ -278,6 +278,8 @@ def run(
     pull_model: bool = typer.Option(False, "--pull", help="pull MODEL first if it is not in the local store"),
     evict: bool = typer.Option(False, "--evict", help="unload the other models the server holds, and plan with "
                                "their memory"),
+    start_server: bool = typer.Option(False, "--start-server", help="when no Ollama server answers, start "
+                                      "`ollama serve` with the KV cache type the plan wants"),
 ) -> None:
     """Like `ollama run MODEL [PROMPT]`, on a derived model with the largest safe num_ctx for this machine.
 
@@ -290,6 +292,8 @@ def run(
     from .runtimes.ollama.run import derived_name, ensure_derived, load_and_verify, plan_parameters
 
     say = (lambda m: print(f"autoctx: {m}", file=sys.stderr))
+    if start_server and not dry_run:
+        _ensure_ollama_server(model, free, device, margin, max_ctx, min_ctx, say)
     if pull_model or evict:
         from .resolve import NotPulled, ollama_store
         from .runtimes.ollama.run import pull, unload_others
@@ -321,8 +325,9 @@ def run(
     from .profiles import ProfileStore
     from .runtimes.ollama.run import record_load
 
-    say(f"loaded: {check.size / 2**30:.2f} GiB ({check.size_vram / 2**30:.2f} GiB on GPUs), context "
-        f"{check.context_length}; profile {record_load(ProfileStore(), p.profile_key, spec, p, check)}")
+    on_gpu = f" ({check.size_vram / 2**30:.2f} GiB in GPU memory)" if p.n_gpu_layers else ""
+    say(f"loaded: {check.size / 2**30:.2f} GiB{on_gpu}, context {check.context_length}; "
+        f"profile {record_load(ProfileStore(), p.profile_key, spec, p, check)}")
     exe = shutil.which("ollama")
     if exe:
         sys.stdout.flush()
@@ -343,6 +348,30 @@ def modelfile(
     _, spec, p = _ollama_plan(model, free, device, margin, max_ctx, min_ctx,
                               lambda m: print(f"autoctx: {m}", file=sys.stderr))
     print(p.modelfile(from_=spec.name), end="")
+
+
+def _ensure_ollama_server(model, free, device, margin, max_ctx, min_ctx, say) -> None:
+    """Start `ollama serve` when none answers, with the best KV type for this model (quality first)."""
+    from .planner import PlanOptions, plan as run_plan
+    from .probe.cpu import host_repack_rules
+    from .profiles import data_dir
+    from .resolve import resolve
+    from .runtimes.ollama.server import OllamaServerError, http_json, ollama_host, start_server
+
+    try:
+        http_json(f"{ollama_host()}/api/version", timeout=2)
+        return
+    except OllamaServerError:
+        pass
+    spec = resolve(model)
+    budgets = _budgets(free or [], device, margin)
+    opts = PlanOptions(runtime="ollama", max_ctx=max_ctx or None, min_ctx=min_ctx,
+                       kv_order=(("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")), cpu_repack=host_repack_rules())
+    kv = run_plan(spec, budgets, opts).cache_type_k
+    data_dir().mkdir(parents=True, exist_ok=True)
+    log = str(data_dir() / "ollama-serve.log")
+    pid = start_server(kv, log)
+    say(f"started `ollama serve` (pid {pid}) with OLLAMA_KV_CACHE_TYPE={kv} OLLAMA_FLASH_ATTENTION=1; log {log}")
 
 
 def _ollama_plan(model, free, device, margin, max_ctx, min_ctx, say):

@@ -18,7 +18,7 @@ MEDIA = "application/vnd.ollama.image."
 
 
 class FakeOllama:
-    def __init__(self, store: Path, version: str = "0.32.15"):
+    def __init__(self, store: Path, version: str = "0.32.15", port: int = 0):
         self.store = Path(store)
         self.version = version
         self.refuse_create = False
@@ -27,7 +27,7 @@ class FakeOllama:
         self.pull_source = ""  # /api/pull copies this model's manifest under the requested name
         self.loaded: dict[str, dict] = {}
         self.requests: list[tuple[str, str, dict]] = []
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
@@ -197,3 +197,5 @@ class FakeOllama:
                 self._send(404, {"error": "not found"})
 
         return H
+
+

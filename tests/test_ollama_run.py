@@ -189,3 +189,44 @@ def test_a_model_only_the_server_has_is_planned_from_api_show(env, ollama, tmp_p
     assert weights == 246587904  # the tensor list gives the exact bytes
     shows = [b for m, path, b in ollama.requests if path == "/api/show"]
     assert shows and shows[-1] == {"model": "gemma3:270m", "verbose": True}
+
+
+def test_start_server_when_none_answers(env, store, tmp_path):  # noqa: F811
+    """No server on OLLAMA_HOST: `ollama serve` is started with the plan's KV type (a stand-in that serves the API)."""
+    import signal
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env["OLLAMA_HOST"] = f"127.0.0.1:{port}"
+    record = tmp_path / "serve-env.json"
+    fake = os.path.join(os.path.dirname(__file__), "fake_ollama.py")  # served in-process by the stand-in
+    script = tmp_path / "bin" / "ollama"
+    script.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import json, os, sys
+        if sys.argv[1] == "serve":
+            json.dump({{k: v for k, v in os.environ.items() if k.startswith("OLLAMA_")}}, open({str(record)!r}, "w"))
+            sys.path.insert(0, {os.path.dirname(fake)!r})
+            from fake_ollama import FakeOllama
+            from pathlib import Path
+            with FakeOllama(Path({str(store)!r}), port={port}) as srv:
+                srv.thread.join()
+        print("ran", *sys.argv[1:])
+    """))
+    script.chmod(0o755)
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(__file__))
+    r = autoctx(env, "run", "--start-server", "--device", "cpu", "--free", "cpu=2GiB", "gemma3:270m", "hi")
+    try:
+        assert r.returncode == 0, r.stderr
+        started = next(x for x in r.stderr.splitlines() if x.startswith("autoctx: started `ollama serve`"))
+        assert "OLLAMA_KV_CACHE_TYPE=f16 OLLAMA_FLASH_ATTENTION=1" in started
+        assert json.loads(record.read_text())["OLLAMA_KV_CACHE_TYPE"] == "f16"
+        # the settings were then read from that process's environment
+        assert "server environment unknown" not in r.stderr
+        assert r.stdout == "ran run gemma3:270m-autoctx hi\n"
+    finally:
+        pid = int(started.split("pid ")[1].split(")")[0]) if "started" in locals() else None
+        if pid:
+            os.kill(pid, signal.SIGTERM)

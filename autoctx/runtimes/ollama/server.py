@@ -99,9 +99,8 @@ def serve_process_env(process_iter=None) -> tuple[dict[str, str], str]:
     for proc in process_iter(["pid", "name", "cmdline"]):
         info = getattr(proc, "info", {}) or {}
         cmd = info.get("cmdline") or []
-        name = info.get("name") or ""
-        if not (name.startswith("ollama") and "serve" in cmd[1:2]) and not (
-                cmd and os.path.basename(cmd[0]).startswith("ollama") and "serve" in cmd[1:]):
+        names = [info.get("name") or ""] + [os.path.basename(c) for c in cmd[:2]]
+        if not (any(n.startswith("ollama") for n in names) and "serve" in cmd[1:3]):
             continue
         try:
             env = proc.environ()
@@ -144,3 +143,37 @@ def enable_kv_instructions(kv: str) -> str:
             f"    Environment=\"OLLAMA_KV_CACHE_TYPE={kv}\"\n"
             "    Environment=\"OLLAMA_FLASH_ATTENTION=1\"\n"
             "  then: sudo systemctl restart ollama")
+
+
+def start_server(kv_cache_type: str, log_path: str, timeout: float = 60.0, env: dict[str, str] | None = None) -> int:
+    """Start `ollama serve` with the KV type (and flash attention) the plan wants; wait for /api/version.
+    Returns its pid. The server keeps running after autoctx exits, like a service would."""
+    import shutil
+    import subprocess
+
+    from tenacity import RetryError, retry, retry_if_exception_type, stop_after_delay, wait_fixed
+
+    exe = shutil.which("ollama")
+    if not exe:
+        raise OllamaServerError("--start-server: no `ollama` executable on PATH")
+    child_env = dict(os.environ if env is None else env)
+    child_env.update(OLLAMA_KV_CACHE_TYPE=kv_cache_type, OLLAMA_FLASH_ATTENTION="1")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([exe, "serve"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=child_env, start_new_session=True)
+    url = ollama_host(child_env)
+
+    @retry(stop=stop_after_delay(timeout), wait=wait_fixed(0.2), retry=retry_if_exception_type(OllamaServerError))
+    def up() -> None:
+        if proc.poll() is not None:
+            raise RuntimeError(f"`ollama serve` exited with status {proc.returncode} (log: {log_path})")
+        http_json(f"{url}/api/version", timeout=2)
+
+    try:
+        up()
+    except RetryError:
+        proc.terminate()
+        raise OllamaServerError(f"`ollama serve` did not answer within {timeout:.0f} s (log: {log_path})") from None
+    except RuntimeError as e:
+        raise OllamaServerError(str(e)) from None
+    return proc.pid
