@@ -230,3 +230,20 @@ def test_start_server_when_none_answers(env, store, tmp_path):  # noqa: F811
         pid = int(started.split("pid ")[1].split(")")[0]) if "started" in locals() else None
         if pid:
             os.kill(pid, signal.SIGTERM)
+
+
+def test_interactive_chat_at_a_terminal_without_the_cli(env, ollama):
+    """No prompt and a terminal on stdin: a chat loop through /api/chat, ended by /bye."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "autoctx.cli", "run", "--device", "cpu", "--free", "cpu=2GiB",
+                             "gemma3:270m"], stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    os.close(slave)
+    os.write(master, b"hello there\n/bye\n")
+    out, err = proc.communicate(timeout=60)
+    os.close(master)
+    assert proc.returncode == 0, err
+    assert "echo: hello there" in out
+    chats = [b for m, path, b in ollama.requests if path == "/api/chat"]
+    assert chats[-1]["messages"] == [{"role": "user", "content": "hello there"}]
+    assert chats[-1]["model"] == "gemma3:270m-autoctx"
