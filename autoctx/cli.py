@@ -326,6 +326,11 @@ def run(
     from .runtimes.ollama.run import record_load
 
     on_gpu = f" ({check.size_vram / 2**30:.2f} GiB in GPU memory)" if p.n_gpu_layers else ""
+    if p.n_gpu_layers:
+        from .runtimes.ollama.run import runner_gpu_memory
+
+        for line in runner_gpu_memory():
+            say(f"driver: {line}")
     say(f"loaded: {check.size / 2**30:.2f} GiB{on_gpu}, context {check.context_length}; "
         f"profile {record_load(ProfileStore(), p.profile_key, spec, p, check)}")
     exe = shutil.which("ollama")

@@ -247,3 +247,14 @@ def test_interactive_chat_at_a_terminal_without_the_cli(env, ollama):
     chats = [b for m, path, b in ollama.requests if path == "/api/chat"]
     assert chats[-1]["messages"] == [{"role": "user", "content": "hello there"}]
     assert chats[-1]["model"] == "gemma3:270m-autoctx"
+
+
+def test_runner_gpu_memory_from_the_probe():
+    from autoctx.probe.devices import DeviceInfo, GpuProcess, ProbeResult
+    from autoctx.runtimes.ollama.run import runner_gpu_memory
+
+    gpu = DeviceInfo("CUDA0", "cuda", "RTX 4090", 24 * 2**30, 4 * 2**30, 20 * 2**30,
+                     processes=(GpuProcess(10, "llama-server", 19 * 2**30), GpuProcess(11, "Xorg", 2**30),
+                                GpuProcess(12, "ollama", None)))
+    lines = runner_gpu_memory(lambda: ProbeResult([gpu]))
+    assert lines == ["CUDA0: llama-server (pid 10) holds 19.00 GiB"]

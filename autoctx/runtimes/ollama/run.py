@@ -170,3 +170,15 @@ def record_load(store, key, spec, p: Plan, check: LoadCheck) -> str:
     prof.plan = {**p.as_dict(), "runtime": "ollama"}
     learn(prof, predicted, measured)
     return str(store.save(prof))
+
+
+def runner_gpu_memory(probe_fn=None) -> list[str]:
+    """What NVML/amdsmi say the Ollama runner processes (ollama, llama-server) hold on each GPU."""
+    from ...probe.devices import probe
+
+    lines = []
+    for d in (probe_fn or probe)().gpus:
+        for p in d.processes:
+            if ("ollama" in p.name or "llama" in p.name) and p.used_bytes is not None:
+                lines.append(f"{d.name}: {p.name} (pid {p.pid}) holds {p.used_bytes / 2**30:.2f} GiB")
+    return lines
