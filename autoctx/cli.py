@@ -150,6 +150,7 @@ def plan(
     no_repack: bool = typer.Option(False, "--no-repack", help="plan for llama-server --no-repack"),
 ) -> None:
     """The largest safe context, the KV cache type and the GPU layers for MODEL on this machine (or --free)."""
+    from .budgets import budgets_from
     from .planner import PlanOptions, plan as run_plan
     from .probe.cpu import host_repack_rules
     from .report import plan_table, settings, svg_chart, text_chart
@@ -158,7 +159,7 @@ def plan(
         raise typer.BadParameter("--runtime must be llamacpp or ollama")
     if emit not in ("", "args", "modelfile"):
         raise typer.BadParameter("--emit must be args or modelfile")
-    budgets = _budgets(free or [], device, margin)
+    budgets = budgets_from(free or [], device, margin, warn=_warn)
     kinds = [_kv_pair(t) for t in kv_types.split(",") if t.strip()]
     if runtime == "ollama":  # one server-wide type for K and V (OLLAMA_KV_CACHE_TYPE)
         kinds = [k for k in kinds if k[0] == k[1]]
@@ -222,6 +223,7 @@ def serve(
 
     Exit status: the server's own when serving; with --check 0 when verified, 4 when a prediction missed.
     """
+    from .budgets import budgets_from
     from .planner import PlanOptions
     from .probe.cpu import host_repack_rules
     from .profiles import ProfileStore
@@ -232,7 +234,7 @@ def serve(
     from .verify import format_rows
 
     binary = find_llama_server(llama_server or None)
-    budgets, desc, driver = _budgets(free or [], device, margin, describe=True)
+    budgets, desc, driver = budgets_from(free or [], device, margin, describe=True, warn=_warn)
     kinds = tuple(_kv_pair(t) for t in kv_types.split(",") if t.strip())
     opts = PlanOptions(max_ctx=max_ctx or None, min_ctx=min_ctx, kv_order=kinds, cpu_repack=host_repack_rules())
     say = (lambda m: print(f"autoctx: {m}", file=sys.stderr))
@@ -289,11 +291,12 @@ def run(
     import shutil
 
     from .report import settings as plan_settings
+    from .runtimes.ollama.flow import api_run, ensure_server, ollama_plan
     from .runtimes.ollama.run import derived_name, ensure_derived, load_and_verify, plan_parameters
 
     say = (lambda m: print(f"autoctx: {m}", file=sys.stderr))
     if start_server and not dry_run:
-        _ensure_ollama_server(model, free, device, margin, max_ctx, min_ctx, say)
+        ensure_server(model, free, device, margin, max_ctx, min_ctx, say)
     if pull_model or evict:
         from .resolve import NotPulled, ollama_store
         from .runtimes.ollama.run import pull, unload_others
@@ -307,7 +310,7 @@ def run(
         if evict and not dry_run:
             for other, vram in unload_others(ollama_host(), derived_name(model)):
                 say(f"unloaded {other} ({vram / 2**30:.2f} GiB of GPU memory)")
-    srv, spec, p = _ollama_plan(model, free, device, margin, max_ctx, min_ctx, say)
+    srv, spec, p = ollama_plan(model, free, device, margin, max_ctx, min_ctx, say)
     kv = srv.kv_cache_type
     target = name or derived_name(spec.name)
     params = " ".join(f"{k}={v}" for k, v in plan_parameters(p).items())
@@ -337,7 +340,7 @@ def run(
     if exe:
         sys.stdout.flush()
         os.execv(exe, ["ollama", "run", target, *(prompt or [])])
-    _api_run(srv.url, target, list(prompt or []))
+    api_run(srv.url, target, list(prompt or []))
 
 
 @app.command()
@@ -350,110 +353,11 @@ def modelfile(
     min_ctx: int = typer.Option(4096, "--min-ctx", help="smallest acceptable context"),
 ) -> None:
     """Print the Modelfile `autoctx run` would create, planned for the Ollama server's real settings."""
-    _, spec, p = _ollama_plan(model, free, device, margin, max_ctx, min_ctx,
+    from .runtimes.ollama.flow import ollama_plan
+
+    _, spec, p = ollama_plan(model, free, device, margin, max_ctx, min_ctx,
                               lambda m: print(f"autoctx: {m}", file=sys.stderr))
     print(p.modelfile(from_=spec.name), end="")
-
-
-def _ensure_ollama_server(model, free, device, margin, max_ctx, min_ctx, say) -> None:
-    """Start `ollama serve` when none answers, with the best KV type for this model (quality first)."""
-    from .planner import PlanOptions, plan as run_plan
-    from .probe.cpu import host_repack_rules
-    from .profiles import data_dir
-    from .resolve import resolve
-    from .runtimes.ollama.server import OllamaServerError, http_json, ollama_host, start_server
-
-    try:
-        http_json(f"{ollama_host()}/api/version", timeout=2)
-        return
-    except OllamaServerError:
-        pass
-    spec = resolve(model)
-    budgets = _budgets(free or [], device, margin)
-    opts = PlanOptions(runtime="ollama", max_ctx=max_ctx or None, min_ctx=min_ctx,
-                       kv_order=(("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")), cpu_repack=host_repack_rules())
-    kv = run_plan(spec, budgets, opts).cache_type_k
-    data_dir().mkdir(parents=True, exist_ok=True)
-    log = str(data_dir() / "ollama-serve.log")
-    pid = start_server(kv, log)
-    say(f"started `ollama serve` (pid {pid}) with OLLAMA_KV_CACHE_TYPE={kv} OLLAMA_FLASH_ATTENTION=1; log {log}")
-
-
-def _ollama_plan(model, free, device, margin, max_ctx, min_ctx, say):
-    """The server's settings, the model (from the store) and the plan for them; suggests a quantized KV cache."""
-    from dataclasses import replace as dc_replace
-
-    from .errors import AutoctxError
-    from .planner import PlanOptions, plan as run_plan
-    from .probe.cpu import host_repack_rules
-    from .resolve import resolve
-    from .runtimes.ollama.server import enable_kv_instructions, ollama_host, server_settings
-
-    srv = server_settings(ollama_host())
-    for n in srv.notes:
-        say(n)
-    spec = resolve(model, pulled_only=True)
-    if not spec.source.startswith("ollama"):
-        raise AutoctxError(f"{model}: an Ollama model name is needed here (use autoctx serve for a GGUF file)")
-    from .profiles import ProfileStore, apply_corrections
-    from .runtimes.ollama.run import profile_key
-
-    budgets, desc, driver = _budgets(free or [], device, margin, describe=True)
-    key = profile_key(spec, desc, driver, srv.version)
-    store = ProfileStore()
-    budgets, corrections = apply_corrections(budgets, store.get(key))
-    for w in store.warnings:
-        say(f"warning: {w}")
-    kv = srv.kv_cache_type
-    opts = PlanOptions(runtime="ollama", max_ctx=max_ctx or srv.context_length or None, min_ctx=min_ctx,
-                       kv_forced=(kv, kv), n_parallel=srv.num_parallel,
-                       flash_attn="on" if kv != "f16" else srv.flash_attention, cpu_repack=host_repack_rules())
-    p = run_plan(spec, budgets, opts)
-    p.reasons += corrections
-    p.profile_key = key
-    if kv == "f16":
-        alt = run_plan(spec, budgets, dc_replace(opts, kv_forced=("q8_0", "q8_0"), flash_attn="on"))
-        if alt.num_ctx >= 1.25 * p.num_ctx:
-            say(f"with a q8_0 KV cache the server could give {alt.num_ctx} tokens instead of {p.num_ctx}; the KV "
-                f"type is server-wide, enable it with:\n  {enable_kv_instructions('q8_0')}")
-    return srv, spec, p
-
-
-def _api_run(url: str, model: str, prompt: list[str]) -> None:
-    """`ollama run` without the CLI: stream a generate for a prompt (stdin appended), or chat interactively."""
-    import ollama
-
-    from .runtimes.ollama.run import _call
-
-    client = ollama.Client(host=url)
-    text = " ".join(prompt)
-    if not sys.stdin.isatty():
-        piped = sys.stdin.read()
-        text = f"{piped}\n\n{text}".strip() if text else piped
-    if text:
-        for chunk in _call(lambda: client.generate(model=model, prompt=text, stream=True), f"run {model}"):
-            sys.stdout.write(chunk.response or "")
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        return
-    history: list[dict] = []
-    while True:
-        try:
-            line = input(">>> ")
-        except EOFError:
-            print()
-            return
-        if line.strip() in ("/bye", "/exit"):
-            return
-        history.append({"role": "user", "content": line})
-        reply = ""
-        for chunk in _call(lambda: client.chat(model=model, messages=history, stream=True), f"chat with {model}"):
-            part = chunk.message.content or ""
-            reply += part
-            sys.stdout.write(part)
-            sys.stdout.flush()
-        print()
-        history.append({"role": "assistant", "content": reply})
 
 
 profile_app = typer.Typer(help="Per-model profiles: plans, measurements and learned corrections.",
@@ -538,54 +442,6 @@ def _kv_pair(text: str) -> tuple[str, str]:
         if t not in KV_TYPES:
             raise ArgsError(f"unknown KV cache type {t!r} (allowed: {', '.join(KV_TYPES)})")
     return k, v
-
-
-def _budgets(free: list[str], device: str, margin: str, describe: bool = False):
-    from .errors import ArgsError
-    from .planner import Budget, default_margin
-    from .units import device_name, parse_size
-
-    fixed_margin = parse_size(margin) if margin else None
-    given: dict[str, int] = {}
-    for item in free:
-        name, eq, size = item.partition("=")
-        if not eq:
-            raise ArgsError(f"--free expects DEVICE=SIZE, got {item!r}")
-        given[device_name(name)] = parse_size(size)
-    if device and device_name(device) != "CPU":
-        raise ArgsError("--device accepts only cpu (GPUs come from the probe or --free)")
-    cpu_only = bool(device)
-    probed = None
-    if given:
-        if cpu_only:
-            given = {k: v for k, v in given.items() if k == "CPU"}
-        totals = {k: v for k, v in given.items()}
-    else:
-        from .probe.devices import probe as run_probe
-
-        probed = run_probe()
-        for w in probed.warnings:
-            _warn(w)
-        devs = [d for d in probed.devices if not cpu_only or d.kind == "cpu"]
-        given = {d.name: d.free_bytes for d in devs}
-        totals = {d.name: d.total_bytes for d in devs}
-    if not given:
-        raise ArgsError("no device to plan for (use --free DEVICE=SIZE or --device cpu)")
-    budgets = [Budget(name, size, fixed_margin if fixed_margin is not None else default_margin(name, totals[name]))
-               for name, size in given.items()]
-    if not describe:
-        return budgets
-    import platform
-
-    if probed is None:
-        from .probe.devices import probe as run_probe
-
-        probed = run_probe()
-    infos = [probed.device(b.device) for b in budgets]
-    desc = "; ".join(f"{b.device} {i.description} {i.total_bytes / 1024**3:.1f}GiB" if i else f"{b.device} "
-                     f"(given {b.free_bytes / 1024**3:.1f}GiB free)" for b, i in zip(budgets, infos))
-    driver = next((i.driver for i in infos if i and i.driver), f"{platform.system()} {platform.release()}")
-    return budgets, desc, driver
 
 
 def _write_chart(path: str, p, svg_chart) -> None:

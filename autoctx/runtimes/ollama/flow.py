@@ -1,0 +1,113 @@
+"""The Ollama flow behind `autoctx run` and `autoctx modelfile`: start a server if asked, plan for the server's real
+settings (with the profile's correction), and talk to the model through the API when the `ollama` CLI is absent."""
+
+from __future__ import annotations
+
+import sys
+
+from ...budgets import budgets_from
+
+
+def ensure_server(model, free, device, margin, max_ctx, min_ctx, say) -> None:
+    """Start `ollama serve` when none answers, with the best KV type for this model (quality first)."""
+    from ...planner import PlanOptions, plan as run_plan
+    from ...probe.cpu import host_repack_rules
+    from ...profiles import data_dir
+    from ...resolve import resolve
+    from .server import OllamaServerError, http_json, ollama_host, start_server
+
+    try:
+        http_json(f"{ollama_host()}/api/version", timeout=2)
+        return
+    except OllamaServerError:
+        pass
+    spec = resolve(model)
+    budgets = budgets_from(free or [], device, margin, warn=say)
+    opts = PlanOptions(runtime="ollama", max_ctx=max_ctx or None, min_ctx=min_ctx,
+                       kv_order=(("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")), cpu_repack=host_repack_rules())
+    kv = run_plan(spec, budgets, opts).cache_type_k
+    data_dir().mkdir(parents=True, exist_ok=True)
+    log = str(data_dir() / "ollama-serve.log")
+    pid = start_server(kv, log)
+    say(f"started `ollama serve` (pid {pid}) with OLLAMA_KV_CACHE_TYPE={kv} OLLAMA_FLASH_ATTENTION=1; log {log}")
+
+
+
+
+def ollama_plan(model, free, device, margin, max_ctx, min_ctx, say):
+    """The server's settings, the model (from the store) and the plan for them; suggests a quantized KV cache."""
+    from dataclasses import replace as dc_replace
+
+    from ...errors import AutoctxError
+    from ...planner import PlanOptions, plan as run_plan
+    from ...probe.cpu import host_repack_rules
+    from ...resolve import resolve
+    from .server import enable_kv_instructions, ollama_host, server_settings
+
+    srv = server_settings(ollama_host())
+    for n in srv.notes:
+        say(n)
+    spec = resolve(model, pulled_only=True)
+    if not spec.source.startswith("ollama"):
+        raise AutoctxError(f"{model}: an Ollama model name is needed here (use autoctx serve for a GGUF file)")
+    from ...profiles import ProfileStore, apply_corrections
+    from .run import profile_key
+
+    budgets, desc, driver = budgets_from(free or [], device, margin, describe=True, warn=say)
+    key = profile_key(spec, desc, driver, srv.version)
+    store = ProfileStore()
+    budgets, corrections = apply_corrections(budgets, store.get(key))
+    for w in store.warnings:
+        say(f"warning: {w}")
+    kv = srv.kv_cache_type
+    opts = PlanOptions(runtime="ollama", max_ctx=max_ctx or srv.context_length or None, min_ctx=min_ctx,
+                       kv_forced=(kv, kv), n_parallel=srv.num_parallel,
+                       flash_attn="on" if kv != "f16" else srv.flash_attention, cpu_repack=host_repack_rules())
+    p = run_plan(spec, budgets, opts)
+    p.reasons += corrections
+    p.profile_key = key
+    if kv == "f16":
+        alt = run_plan(spec, budgets, dc_replace(opts, kv_forced=("q8_0", "q8_0"), flash_attn="on"))
+        if alt.num_ctx >= 1.25 * p.num_ctx:
+            say(f"with a q8_0 KV cache the server could give {alt.num_ctx} tokens instead of {p.num_ctx}; the KV "
+                f"type is server-wide, enable it with:\n  {enable_kv_instructions('q8_0')}")
+    return srv, spec, p
+
+
+
+
+def api_run(url: str, model: str, prompt: list[str]) -> None:
+    """`ollama run` without the CLI: stream a generate for a prompt (stdin appended), or chat interactively."""
+    import ollama
+
+    from .run import _call
+
+    client = ollama.Client(host=url)
+    text = " ".join(prompt)
+    if not sys.stdin.isatty():
+        piped = sys.stdin.read()
+        text = f"{piped}\n\n{text}".strip() if text else piped
+    if text:
+        for chunk in _call(lambda: client.generate(model=model, prompt=text, stream=True), f"run {model}"):
+            sys.stdout.write(chunk.response or "")
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    history: list[dict] = []
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            print()
+            return
+        if line.strip() in ("/bye", "/exit"):
+            return
+        history.append({"role": "user", "content": line})
+        reply = ""
+        for chunk in _call(lambda: client.chat(model=model, messages=history, stream=True), f"chat with {model}"):
+            part = chunk.message.content or ""
+            reply += part
+            sys.stdout.write(part)
+            sys.stdout.flush()
+        print()
+        history.append({"role": "assistant", "content": reply})
