@@ -223,7 +223,10 @@ def serve(
 
     Exit status: the server's own when serving; with --check 0 when verified, 4 when a prediction missed.
     """
+    import os
+
     from .budgets import budgets_from
+    from .errors import AutoctxError
     from .planner import PlanOptions
     from .probe.cpu import host_repack_rules
     from .profiles import ProfileStore
@@ -238,7 +241,11 @@ def serve(
     kinds = tuple(_kv_pair(t) for t in kv_types.split(",") if t.strip())
     opts = PlanOptions(max_ctx=max_ctx or None, min_ctx=min_ctx, kv_order=kinds, cpu_repack=host_repack_rules())
     say = (lambda m: print(f"autoctx: {m}", file=sys.stderr))
-    result = serve_llamacpp(resolve(model), budgets, opts, list(server_args or []), binary, max_tries=max_tries,
+    spec = resolve(model, pulled_only=True)
+    if not os.path.isfile(spec.path):
+        raise AutoctxError(f"{model}: serve needs the model's GGUF on this machine (a path or a pulled Ollama "
+                           "model)")
+    result = serve_llamacpp(spec, budgets, opts, list(server_args or []), binary, max_tries=max_tries,
                             timeout=timeout, store=None if no_profile else ProfileStore(), devices_desc=desc,
                             driver=driver, after_load=None if free else probe_after_load, say=say)
     server = result.server

@@ -333,6 +333,7 @@ def _kv_cache(spec: ModelSpec, p: Params, layers: list[int], kv_size: int, v_tra
     bk, bv = GGML_QUANT_SIZES[tk][0], GGML_QUANT_SIZES[tv][0]
     v_max = spec.n_embd_v_gqa_max()
     per_dev: dict[str, int] = {}
+    n_layers: dict[str, int] = {}
     for il in layers:
         dev_name = layer_dev[il] if p.offload_kqv else CPU
         dev = devs.get(dev_name)
@@ -346,8 +347,9 @@ def _kv_cache(spec: ModelSpec, p: Params, layers: list[int], kv_size: int, v_tra
                 raise ArgsError(f"V cache type {p.cache_type_v} needs the V width ({v_w}) to divide by {bv}")
             size += _alloc_size(dev, p.cache_type_v, row_bytes(tv, v_w) * kv_size * n_stream, v_w)
         per_dev[dev_name] = per_dev.get(dev_name, 0) + size
+        n_layers[dev_name] = n_layers.get(dev_name, 0) + 1
     order = [d.name for d in p.devices] + [CPU]
-    return [Buffer(d, "kv", per_dev[d], d, f"{label}{kv_size} cells {sum(1 for il in layers if (layer_dev[il] if p.offload_kqv else CPU) == d)} layers")
+    return [Buffer(d, "kv", per_dev[d], d, f"{label}{kv_size} cells {n_layers[d]} layers")
             for d in order if per_dev.get(d)]
 
 
