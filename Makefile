@@ -28,6 +28,7 @@ demo: llama-server gemma
 	  $(BIN)/autoctx serve "$$($(BIN)/python scripts/gemma-gguf-path)" --device cpu --check
 
 test: llama-server gemma
+	$(BIN)/ruff check autoctx tests scripts
 	$(BIN)/python -m pytest -q
 
 bench: llama-server gemma
