@@ -265,8 +265,9 @@ def serve(
     sys.stdout.flush()
     if check:
         server.stop()
+        server.remove_log()
         sys.exit(0 if result.ok else 4)
-    say(f"serving on {server.url} (Ctrl-C stops it)")
+    say(f"serving on {server.url} (Ctrl-C stops it); its log: {server.log_path}")
     sys.exit(server.serve_foreground())
 
 

@@ -55,6 +55,9 @@ class LlamaServer:
         except OSError:
             return ""
 
+    def remove_log(self) -> None:
+        self.log_path.unlink(missing_ok=True)
+
     def log(self) -> ServerLog:
         return parse_server_log(self.log_text())
 
