@@ -104,8 +104,7 @@ def merged_argv(plan_args: list[str], user_args: list[str]) -> list[str]:
     return [*without_flags(plan_args, parse_server_args(user_args).explicit), *user_args]
 
 
-def profile_key(plan_: Plan, binary: str, devices: str, driver: str) -> ProfileKey:
-    spec = plan_.spec
+def profile_key(spec, binary: str, devices: str, driver: str) -> ProfileKey:
     digest = model_digest(spec.path, spec.data_offsets[0], sum(spec.file_sizes))
     return ProfileKey(digest, devices, driver, runtime_build(binary))
 
@@ -132,8 +131,7 @@ def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: li
     profile: Profile | None = None
     key: ProfileKey | None = None
     if store is not None:
-        first = plan(spec, budgets, opts)
-        key = profile_key(first, binary, devices_desc, driver)
+        key = profile_key(spec, binary, devices_desc, driver)
         profile = store.get(key)
         for w in store.warnings:
             say(f"warning: {w}")
