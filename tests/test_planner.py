@@ -122,3 +122,35 @@ def test_default_margins():
     assert default_margin("CUDA0", 24 * GiB) == GiB
     assert default_margin("CPU", 16 * GiB) == GiB
     assert default_margin("CPU", 64 * GiB) == int(3.2 * GiB)
+
+
+def test_step_down_takes_three_quarters_then_the_next_kv_type(spec_of):
+    from dataclasses import replace
+
+    from autoctx.serve import step_down
+
+    spec = spec_of("llama-3.1-8b")
+    p = plan(spec, gpus(12))
+    nxt = step_down(p, PlanOptions())
+    assert nxt.max_ctx == int(p.num_ctx * 0.75) // 256 * 256
+    fixed = PlanOptions(max_ctx=p.num_ctx, min_ctx=p.num_ctx, fixed_ctx=True)
+    assert step_down(replace(p, cache_type_k="q8_0", cache_type_v="q8_0"), fixed).kv_order == (
+        ("q8_0", "q4_0"), ("q4_0", "q4_0"))
+    with pytest.raises(Exception, match="cannot step down below"):
+        step_down(replace(p, cache_type_k="q4_0", cache_type_v="q4_0"), fixed)
+
+
+def test_user_arguments_fix_the_plan_choices(spec_of):
+    from autoctx.runtimes.llamacpp.args import parse_server_args
+    from autoctx.serve import merged_argv, user_overrides
+
+    parsed = parse_server_args(["-c", "20000", "-np", "2", "-ctk", "q8_0", "-ub", "256", "-ngl", "10", "--jinja"])
+    opts = user_overrides(parsed, PlanOptions())
+    assert (opts.max_ctx, opts.min_ctx, opts.fixed_ctx) == (10000, 10000, True)
+    assert (opts.n_parallel, opts.kv_forced, opts.n_ubatch, opts.fixed_ngl) == (2, ("q8_0", "f16"), 256, 10)
+    p = plan(spec_of("llama-3.1-8b"), gpus(24), opts)
+    assert (p.num_ctx, p.n_gpu_layers, p.cache_type_k, p.cache_type_v) == (10240, 10, "q8_0", "f16")
+    argv = merged_argv(p.llama_server_args(), ["-c", "20000", "-np", "2", "-ctk", "q8_0", "-ub", "256", "-ngl",
+                                               "10", "--jinja"])
+    assert argv.count("-c") == 1 and argv[-11:] == ["-c", "20000", "-np", "2", "-ctk", "q8_0", "-ub", "256",
+                                                     "-ngl", "10", "--jinja"]
