@@ -149,7 +149,7 @@ def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: li
         server.start()
         ready = server.wait_ready(timeout)
         if not ready:
-            oom = server.failed_for_memory()
+            oom = server.log().oom
             status = server.returncode()
             if not oom:
                 raise ServerError(f"llama-server exited with status {status} while loading; last lines:\n"
@@ -158,6 +158,7 @@ def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: li
                     f"KV {p.cache_type_k}/{p.cache_type_v} ({_strip_prefix(oom[0])[:120]})")
             attempts.append(line)
             say(line)
+            server.remove_log()
             opts = step_down(p, opts)
             continue
         log = server.log()
@@ -168,7 +169,8 @@ def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: li
         if p.n_gpu_layers and log.offloaded and log.offloaded[0] < p.n_gpu_layers:
             flags.append(f"only {log.offloaded[0]}/{log.offloaded[1]} layers were offloaded; the plan put "
                          f"{p.n_gpu_layers} on the GPU")
-        eaten = []
+        eaten: list[str] = []
+        observed: list[str] = []  # what the drivers said of this launch: reported, never carried to a next plan
         after = after_load(server.proc.pid) if after_load is not None and server.proc is not None else None
         if after is not None:
             for b in budgets:
@@ -179,22 +181,23 @@ def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: li
             for b in budgets:
                 if b.device in after.free and b.device != "CPU":  # RAM's drop is blurred by the page cache
                     drop = b.free_bytes - after.free[b.device]
-                    notes.append(f"{b.device}: free memory dropped by {drop / MiB:.0f} MiB while loading; "
+                    observed.append(f"{b.device}: free memory dropped by {drop / MiB:.0f} MiB while loading; "
                                  f"predicted {est.device_bytes(b.device) / MiB:.0f} MiB of buffers")
             for dev, held in after.process.items():
                 buffers = est.device_bytes(dev)
-                notes.append(f"{dev}: llama-server holds {held / MiB:.0f} MiB (driver), its buffers "
+                observed.append(f"{dev}: llama-server holds {held / MiB:.0f} MiB (driver), its buffers "
                              f"{buffers / MiB:.0f} MiB: {(held - buffers) / MiB:.0f} MiB outside llama.cpp buffers")
         if eaten and attempt < max_tries:
             line = f"attempt {attempt}: margin eaten ({'; '.join(eaten)}); stepping down"
             attempts.append(line)
             say(line)
             server.stop()
+            server.remove_log()
             opts = step_down(p, opts)
             continue
         flags += eaten
         attempts.append(f"attempt {attempt}: loaded num_ctx {p.num_ctx} KV {p.cache_type_k}/{p.cache_type_v}")
-        result = ServeResult(server, p, argv, rows, flags, attempts, notes=notes, after=after)
+        result = ServeResult(server, p, argv, rows, flags, attempts, notes=notes + observed, after=after)
         if store is not None and key is not None:
             prof = profile or Profile(key, spec.path, spec.name, spec.architecture)
             pred, got = measured_by_device(est, log)

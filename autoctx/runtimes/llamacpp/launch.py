@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .logparse import OOM_PATTERNS, ServerLog, parse_server_log
+from .logparse import ServerLog, parse_server_log
 from .server import ServerError, free_port, last_lines
 
 
@@ -84,9 +84,6 @@ class LlamaServer:
             self.stop()
             raise ServerError(f"llama-server did not answer /health within {timeout:.0f} s; last lines:\n"
                               + last_lines(self.log_text())) from None
-
-    def failed_for_memory(self) -> list[str]:
-        return [line for line in self.log_text().splitlines() if any(p.search(line) for p in OOM_PATTERNS)]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
