@@ -455,14 +455,15 @@ def compute_peak_floats(spec: ModelSpec, n_kv: int, n_tokens: int, n_outputs: in
 
 def rotation_input_bytes(head_k: int, head_v: int, type_k: str, type_v: str, is_mla: bool) -> int:
     """Hadamard rotation matrices fed to the graph for a quantized cache (llama-kv-cache.cpp attn_rot_k/v):
-    K uses the largest power-of-two block (from 64) that divides the head size, V always 64; f32 [n, n] each."""
+    K uses the largest power-of-two block (from 64) that divides the head size, V always 64; f32 [n, n] each.
+    Like llama.cpp (`n_embd_head_k_all > 0`), a head width of 0 has no rotation (and must not loop forever)."""
     total = 0
-    if is_quantized(type_k) and head_k % 64 == 0:
+    if is_quantized(type_k) and head_k > 0 and head_k % 64 == 0:
         n = 64
         while head_k % (2 * n) == 0:
             n *= 2
         total += 4 * n * n
-    if not is_mla and is_quantized(type_v) and head_v % 64 == 0:
+    if not is_mla and is_quantized(type_v) and head_v > 0 and head_v % 64 == 0:
         total += 4 * 64 * 64
     return total
 

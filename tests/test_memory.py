@@ -186,3 +186,14 @@ def test_compute_buffer_matches_measured_points(spec_of, model):
         assert sum(buffers(est, "kv")) / MiB == pytest.approx(p["kv_mib"], abs=0.011)
         errors.append(abs(pred - p["compute_mib"]) / p["compute_mib"])
     assert sum(e <= 0.01 for e in errors) >= 0.75 * len(errors)
+
+
+def test_rotation_inputs_follow_the_head_width_and_never_loop_on_zero():
+    from autoctx.memory import rotation_input_bytes
+
+    # K: largest power-of-two block from 64 dividing the head (128 -> 128x128, 192 -> 64x64); V: always 64x64
+    assert rotation_input_bytes(128, 128, "q8_0", "q8_0", False) == 4 * 128 * 128 + 4 * 64 * 64
+    assert rotation_input_bytes(192, 128, "q8_0", "f16", False) == 4 * 64 * 64
+    assert rotation_input_bytes(576, 512, "q8_0", "q8_0", True) == 4 * 64 * 64  # MLA: K only
+    # a header with key_length 0 (hostile or broken): no rotation, and the call returns (it used to spin forever)
+    assert rotation_input_bytes(0, 0, "q4_0", "q4_0", False) == 0
