@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from typing import List, Optional
 
 import typer
 
-from .errors import AutoctxError
+from .errors import AutoctxError, Terminated
 
 app = typer.Typer(
     add_completion=False,
@@ -249,26 +250,28 @@ def serve(
                             timeout=timeout, store=None if no_profile else ProfileStore(), devices_desc=desc,
                             driver=driver, after_load=None if free else probe_after_load, say=say)
     server = result.server
-    if as_json:
-        print(json.dumps(result.report(), indent=2))
-    else:
-        print(settings(result.plan))
-        print(f"llama-server {' '.join(_quote(a) for a in server.argv[1:])}")
-        print(format_rows(result.rows))
-        for n in result.notes:
-            if n.startswith(tuple(f"{b.device}:" for b in result.plan.budgets)):
-                print(n)
-        for f in result.flags:
-            print(f"autoctx: warning: {f}", file=sys.stderr)
-        if result.profile_path:
-            print(f"profile saved: {result.profile_path}")
-    sys.stdout.flush()
-    if check:
-        server.stop()
-        server.remove_log()
-        sys.exit(0 if result.ok else 4)
-    say(f"serving on {server.url} (Ctrl-C stops it); its log: {server.log_path}")
-    sys.exit(server.serve_foreground())
+    with server:  # whatever happens from here on (a closed pipe, a signal), the server does not outlive autoctx
+        if as_json:
+            print(json.dumps(result.report(), indent=2))
+        else:
+            print(settings(result.plan))
+            print(f"llama-server {' '.join(_quote(a) for a in server.argv[1:])}")
+            print(format_rows(result.rows))
+            for n in result.notes:
+                if n.startswith(tuple(f"{b.device}:" for b in result.plan.budgets)):
+                    print(n)
+            for f in result.flags:
+                print(f"autoctx: warning: {f}", file=sys.stderr)
+            if result.profile_path:
+                print(f"profile saved: {result.profile_path}")
+        sys.stdout.flush()
+        if check:
+            sys.exit(0 if result.ok else 4)
+        say(f"serving on {server.url} (Ctrl-C stops it); its log: {server.log_path}")
+        status = server.serve_foreground()
+        if status not in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGHUP):
+            say(f"llama-server exited with status {status}; its log is kept: {server.keep_log()}")
+        sys.exit(status)
 
 
 RUN_SETTINGS = {"allow_interspersed_args": False, "ignore_unknown_options": True, "help_option_names": ["--help"]}
@@ -509,9 +512,18 @@ def print_estimate_table(est) -> None:
     print(f"{'total':<10}" + "".join(f"{_mib(est.kind_bytes(k)):>12}" for k in kinds) + f"{_mib(est.total_bytes):>12}")
 
 
+def _raise_terminated(signum, _frame) -> None:
+    raise Terminated(signum)
+
+
 def main() -> None:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_terminated)
     try:
-        app(standalone_mode=False)
+        status = app(standalone_mode=False)  # Ctrl-C comes back as typer's Exit(130), returned here
+        sys.exit(status if isinstance(status, int) else 0)
+    except Terminated as e:
+        sys.exit(e.exit_code)
     except AutoctxError as e:
         print(f"autoctx: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

@@ -17,3 +17,12 @@ class ArgsError(AutoctxError):
     """Bad or contradictory runtime arguments (e.g. a quantized V cache with flash attention off)."""
 
     exit_code = 2
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised where autoctx is so that every `finally` (a server to stop, a temp file to remove)
+    runs; the CLI exits with 128 + the signal number, as a shell expects."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.exit_code = 128 + signum

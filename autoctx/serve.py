@@ -146,66 +146,71 @@ def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: li
         argv = merged_argv(p.llama_server_args(), user_args)
         launch_argv = argv + (shlex.split(fault) if fault and attempt == 1 else [])
         server = LlamaServer(binary, launch_argv)
-        server.start()
-        ready = server.wait_ready(timeout)
-        if not ready:
-            oom = server.log().oom
-            status = server.returncode()
-            if not oom:
-                raise ServerError(f"llama-server exited with status {status} while loading; last lines:\n"
-                                  + last_lines(server.log_text()))
-            line = (f"attempt {attempt}: llama-server ran out of memory loading num_ctx {p.num_ctx} "
-                    f"KV {p.cache_type_k}/{p.cache_type_v} ({_strip_prefix(oom[0])[:120]})")
-            attempts.append(line)
-            say(line)
-            server.remove_log()
-            opts = step_down(p, opts)
-            continue
-        log = server.log()
-        est = p.estimate
-        rows = compare(est, log)
-        flags = [f"{r.device} {r.kind}: predicted {r.predicted_mib:.2f} MiB, actual "
-                 f"{r.actual_mib if r.actual_mib is not None else '-'} MiB" for r in rows if not r.ok]
-        if p.n_gpu_layers and log.offloaded and log.offloaded[0] < p.n_gpu_layers:
-            flags.append(f"only {log.offloaded[0]}/{log.offloaded[1]} layers were offloaded; the plan put "
-                         f"{p.n_gpu_layers} on the GPU")
-        eaten: list[str] = []
-        observed: list[str] = []  # what the drivers said of this launch: reported, never carried to a next plan
-        after = after_load(server.proc.pid) if after_load is not None and server.proc is not None else None
-        if after is not None:
-            for b in budgets:
-                free = after.free.get(b.device)
-                if free is not None and free < b.margin_bytes:
-                    eaten.append(f"{b.device}: {free / MiB:.0f} MiB free after loading, below the "
-                                 f"{b.margin_bytes / MiB:.0f} MiB margin")
-            for b in budgets:
-                if b.device in after.free and b.device != "CPU":  # RAM's drop is blurred by the page cache
-                    drop = b.free_bytes - after.free[b.device]
-                    observed.append(f"{b.device}: free memory dropped by {drop / MiB:.0f} MiB while loading; "
-                                 f"predicted {est.device_bytes(b.device) / MiB:.0f} MiB of buffers")
-            for dev, held in after.process.items():
-                buffers = est.device_bytes(dev)
-                observed.append(f"{dev}: llama-server holds {held / MiB:.0f} MiB (driver), its buffers "
-                             f"{buffers / MiB:.0f} MiB: {(held - buffers) / MiB:.0f} MiB outside llama.cpp buffers")
-        if eaten and attempt < max_tries:
-            line = f"attempt {attempt}: margin eaten ({'; '.join(eaten)}); stepping down"
-            attempts.append(line)
-            say(line)
-            server.stop()
-            server.remove_log()
-            opts = step_down(p, opts)
-            continue
-        flags += eaten
-        attempts.append(f"attempt {attempt}: loaded num_ctx {p.num_ctx} KV {p.cache_type_k}/{p.cache_type_v}")
-        result = ServeResult(server, p, argv, rows, flags, attempts, notes=notes + observed, after=after)
-        if store is not None and key is not None:
-            prof = profile or Profile(key, spec.path, spec.name, spec.architecture)
-            pred, got = measured_by_device(est, log)
-            prof.plan = {**p.as_dict(), "llama_server_args": argv}
-            learn(prof, pred, got)
-            result.profile = prof
-            result.profile_path = str(store.save(prof))
-        return result
+        try:  # the server is ours until the result hands it to the caller: no path out leaves it running
+            server.start()
+            ready = server.wait_ready(timeout)
+            if not ready:
+                oom = server.log().oom
+                status = server.returncode()
+                if not oom:
+                    raise ServerError(f"llama-server exited with status {status} while loading; last lines:\n"
+                                      + last_lines(server.log_text()))
+                line = (f"attempt {attempt}: llama-server ran out of memory loading num_ctx {p.num_ctx} "
+                        f"KV {p.cache_type_k}/{p.cache_type_v} ({_strip_prefix(oom[0])[:120]})")
+                attempts.append(line)
+                say(line)
+                server.close()
+                opts = step_down(p, opts)
+                continue
+            log = server.log()
+            est = p.estimate
+            rows = compare(est, log)
+            flags = [f"{r.device} {r.kind}: predicted {r.predicted_mib:.2f} MiB, actual "
+                     f"{r.actual_mib if r.actual_mib is not None else '-'} MiB" for r in rows if not r.ok]
+            if p.n_gpu_layers and log.offloaded and log.offloaded[0] < p.n_gpu_layers:
+                flags.append(f"only {log.offloaded[0]}/{log.offloaded[1]} layers were offloaded; the plan put "
+                             f"{p.n_gpu_layers} on the GPU")
+            eaten: list[str] = []
+            observed: list[str] = []  # what the drivers said of this launch: reported, never carried to a next plan
+            after = after_load(server.proc.pid) if after_load is not None and server.proc is not None else None
+            if after is not None:
+                for b in budgets:
+                    free = after.free.get(b.device)
+                    if free is not None and free < b.margin_bytes:
+                        eaten.append(f"{b.device}: {free / MiB:.0f} MiB free after loading, below the "
+                                     f"{b.margin_bytes / MiB:.0f} MiB margin")
+                for b in budgets:
+                    if b.device in after.free and b.device != "CPU":  # RAM's drop is blurred by the page cache
+                        drop = b.free_bytes - after.free[b.device]
+                        observed.append(f"{b.device}: free memory dropped by {drop / MiB:.0f} MiB while loading; "
+                                        f"predicted {est.device_bytes(b.device) / MiB:.0f} MiB of buffers")
+                for dev, held in after.process.items():
+                    buffers = est.device_bytes(dev)
+                    observed.append(f"{dev}: llama-server holds {held / MiB:.0f} MiB (driver), its buffers "
+                                    f"{buffers / MiB:.0f} MiB: {(held - buffers) / MiB:.0f} MiB outside llama.cpp "
+                                    "buffers")
+            if eaten and attempt < max_tries:
+                line = f"attempt {attempt}: margin eaten ({'; '.join(eaten)}); stepping down"
+                attempts.append(line)
+                say(line)
+                server.stop()
+                server.close()
+                opts = step_down(p, opts)
+                continue
+            flags += eaten
+            attempts.append(f"attempt {attempt}: loaded num_ctx {p.num_ctx} KV {p.cache_type_k}/{p.cache_type_v}")
+            result = ServeResult(server, p, argv, rows, flags, attempts, notes=notes + observed, after=after)
+            if store is not None and key is not None:
+                prof = profile or Profile(key, spec.path, spec.name, spec.architecture)
+                pred, got = measured_by_device(est, log)
+                prof.plan = {**p.as_dict(), "llama_server_args": argv}
+                learn(prof, pred, got)
+                result.profile = prof
+                result.profile_path = str(store.save(prof))
+            return result
+        except BaseException:
+            server.close()
+            raise
     raise AutoctxError(f"llama-server still ran out of memory after {max_tries} attempts: "
                        + "; ".join(attempts))
 

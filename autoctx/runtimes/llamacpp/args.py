@@ -78,6 +78,7 @@ def parse_server_args(argv: list[str], base: Params | None = None) -> ParsedArgs
         from ...probe.cpu import host_repack_rules
 
         base = Params(cpu_repack=host_repack_rules())
+    server_port(argv)  # checked here so that a bad --port is the first thing said
     p = base
     out = ParsedArgs(p)
     i = 0
@@ -180,6 +181,20 @@ def parse_server_args(argv: list[str], base: Params | None = None) -> ParsedArgs
             out.model = value
     out.params = p
     return out
+
+
+def server_port(argv: list[str]) -> int | None:
+    """The --port the user gave (llama-server spells it `--port N` only), checked: None when there is none."""
+    for i, tok in enumerate(argv):
+        flag, eq, inline = tok.partition("=")
+        if flag == "--port":
+            if not eq and i + 1 >= len(argv):
+                raise ArgsError("--port expects a value")
+            value = inline if eq else argv[i + 1]
+            if not value.isdigit() or not 1 <= int(value) <= 65535:
+                raise ArgsError(f"--port expects a TCP port number 1-65535, got {value!r}")
+            return int(value)
+    return None
 
 
 def without_flags(argv: list[str], names: set[str]) -> list[str]:

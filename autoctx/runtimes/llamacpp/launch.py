@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 from .logparse import ServerLog, parse_server_log
@@ -15,13 +16,21 @@ from .server import ServerError, free_port, last_lines
 
 
 class LlamaServer:
-    """One llama-server process. Its log (stdout+stderr, -lv 4) goes to a file that is parsed after loading."""
+    """One llama-server process and its log (stdout+stderr, -lv 4), parsed after loading.
+
+    The object owns both: `close()` (also on leaving a `with` block) stops the process group and removes the log.
+    Starting and stopping run with SIGINT/SIGTERM/SIGHUP held back, so a signal cannot land between the fork and
+    the bookkeeping (a server nobody knows about) or in the middle of the cleanup (a server left running).
+    """
 
     def __init__(self, binary: str, args: list[str], host: str = "127.0.0.1", port: int | None = None,
                  log_path: str | Path | None = None):
+        from .args import server_port
+
         self.host = host
-        if "--port" in args:
-            self.port = int(args[args.index("--port") + 1])
+        given = server_port(args)
+        if given is not None:
+            self.port = given
             extra: list[str] = []
         else:
             self.port = port or free_port()
@@ -31,19 +40,26 @@ class LlamaServer:
         if not any(a in args for a in ("-lv", "--log-verbosity", "-v", "--verbose")):
             extra += ["-lv", "4"]
         self.argv = [binary, *args, *extra]
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
+        self._owns_log = log_path is None  # a temporary log is removed by close(); a given one is the caller's
+        self.log_path: Path | None = Path(log_path) if log_path else None
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        log = open(self.log_path, "wb")
-        try:
-            # a new session: a Ctrl-C at the terminal reaches autoctx, which forwards it (no double signal)
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        except OSError as e:
-            raise ServerError(f"cannot start {self.argv[0]}: {e.strerror or e}") from None
-        finally:
-            log.close()
+        with signals_held():
+            if self.log_path is None:
+                fd, name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
+                self.log_path = Path(name)
+            else:
+                fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                # a new session: a Ctrl-C at the terminal reaches autoctx, which stops or forwards it
+                self.proc = subprocess.Popen(self.argv, stdout=fd, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, start_new_session=True)
+            except OSError as e:
+                self.remove_log()
+                raise ServerError(f"cannot start {self.argv[0]}: {e.strerror or e}") from None
+            finally:
+                os.close(fd)
 
     @property
     def url(self) -> str:
@@ -51,12 +67,18 @@ class LlamaServer:
 
     def log_text(self) -> str:
         try:
-            return self.log_path.read_text(errors="replace")
+            return self.log_path.read_text(errors="replace") if self.log_path else ""
         except OSError:
             return ""
 
     def remove_log(self) -> None:
-        self.log_path.unlink(missing_ok=True)
+        if self.log_path is not None and self._owns_log:
+            self.log_path.unlink(missing_ok=True)
+
+    def keep_log(self) -> Path | None:
+        """Leave the log in place when the server is closed (for the user to read); its path."""
+        self._owns_log = False
+        return self.log_path
 
     def log(self) -> ServerLog:
         return parse_server_log(self.log_text())
@@ -86,16 +108,25 @@ class LlamaServer:
                               + last_lines(self.log_text())) from None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.returncode()
-        try:
-            os.killpg(self.proc.pid, sig)
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait()
-        except ProcessLookupError:
-            return self.proc.wait()
+        """Stop the server's process group (SIGKILL after `timeout`); its exit status."""
+        if self.proc is None:
+            return None
+        with signals_held():
+            if self.proc.poll() is not None:
+                return self.returncode()
+            try:
+                os.killpg(self.proc.pid, sig)
+                return self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                return self.proc.wait()
+            except ProcessLookupError:
+                return self.proc.wait()
+
+    def close(self) -> None:
+        """Stop the server and remove its log: what every path out of a launch that keeps no server does."""
+        self.stop()
+        self.remove_log()
 
     def serve_foreground(self) -> int:
         """Wait for the server, forwarding SIGINT/SIGTERM/SIGHUP to it; return its exit status (128+sig if killed)."""
@@ -128,6 +159,19 @@ class LlamaServer:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        self.close()
+
+
+_HELD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def signals_held():
+    """Hold SIGINT/SIGTERM/SIGHUP back for a short critical section; they are delivered when it ends."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 

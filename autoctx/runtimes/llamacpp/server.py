@@ -55,15 +55,12 @@ def measure_allocation(binary: str, args: list[str], timeout: float = 120.0) -> 
     from .launch import LlamaServer
 
     t0 = time.monotonic()
-    server = LlamaServer(binary, args)
-    server.start()
-    try:
+    with LlamaServer(binary, args) as server:  # stopped and its log removed on every way out
+        server.start()
         ready = server.wait_ready(timeout)  # ServerError (with the log tail) on timeout
         returncode = None if ready else server.returncode()
-    finally:
         server.stop()
         text = server.log_text()
-        server.remove_log()
     return Measurement(server.argv, text, parse_server_log(text), ready, returncode, time.monotonic() - t0)
 
 
