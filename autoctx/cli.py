@@ -12,7 +12,7 @@ import typer
 from .errors import AutoctxError, Terminated
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,  # autoctx --install-completion [bash|zsh|fish|powershell]
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
@@ -182,7 +182,8 @@ def plan(
         print(modelfile, end="")
         return
     if as_json:
-        print(json.dumps({"plan": p.as_dict(), "buffers": [b.as_dict() for b in p.estimate.buffers],
+        print(json.dumps({"model": {"name": spec.name, "path": spec.path, "source": spec.source},
+                          "plan": p.as_dict(), "buffers": [b.as_dict() for b in p.estimate.buffers],
                           "budget": [{"device": b.device, "free_bytes": b.free_bytes, "margin_bytes": b.margin_bytes}
                                      for b in p.budgets],
                           "llama_server_args": args, "modelfile": modelfile, "reasons": p.reasons,

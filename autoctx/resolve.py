@@ -3,7 +3,7 @@
 1. a GGUF path (or the first part of a split GGUF);
 2. an Ollama model name (`qwen2.5:32b`) pulled into the local model store (its GGUF blob is read directly);
    else what the Ollama server's `/api/show` says of it (remote server, unreadable store);
-3. a shipped profile (the repository's profiles/ollama/*.toml): the architecture and tensor shapes of a popular
+3. a shipped profile (package data: autoctx/data/profiles/ollama/*.toml): the architecture and tensor shapes of a popular
    Ollama tag from autoctx.shapes, so that a model can be planned before it is pulled.
 """
 
@@ -19,7 +19,7 @@ from .errors import AutoctxError
 from .model import ModelSpec, load_spec, spec_from_gguf
 
 Resolver = Callable[[str], "ModelSpec | None"]
-SHIPPED = Path(__file__).resolve().parents[1] / "profiles" / "ollama"
+SHIPPED = Path(__file__).resolve().parent / "data" / "profiles" / "ollama"  # package data (pyproject.toml)
 
 
 class NotPulled(AutoctxError):
