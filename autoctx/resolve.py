@@ -3,8 +3,8 @@
 1. a GGUF path (or the first part of a split GGUF);
 2. an Ollama model name (`qwen2.5:32b`) pulled into the local model store (its GGUF blob is read directly);
    else what the Ollama server's `/api/show` says of it (remote server, unreadable store);
-3. a shipped profile (package data: autoctx/data/profiles/ollama/*.toml): the architecture and tensor shapes of a popular
-   Ollama tag from autoctx.shapes, so that a model can be planned before it is pulled.
+3. a shipped profile (package data, autoctx/data/profiles/ollama/*.toml): the architecture and tensor shapes of a
+   popular Ollama tag from autoctx.shapes, so that a model can be planned before it is pulled.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ def processes_with(marker: str, but: int = 0) -> list[psutil.Process]:
     out = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if p.pid != but and any(marker in a for a in (p.info["cmdline"] or [])) and p.status() != psutil.STATUS_ZOMBIE:
+            alive = p.status() != psutil.STATUS_ZOMBIE
+            if p.pid != but and alive and any(marker in a for a in (p.info["cmdline"] or [])):
                 out.append(p)
         except psutil.Error:
             continue
@@ -80,8 +81,9 @@ def test_a_server_that_exits_at_once_leaves_no_log_and_one_error(tmp_path, gemma
     proc = start_cli(["check", gemma_path, "--llama-server", binary, "--", "--bogus"], tmp_path)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
-    assert err.splitlines()[-2:] == ["autoctx: error: llama-server exited with status 1 before it was ready; last lines:",
-                                     "error: unknown argument: --bogus"]
+    assert err.splitlines()[-2:] == [
+        "autoctx: error: llama-server exited with status 1 before it was ready; last lines:",
+        "error: unknown argument: --bogus"]
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
