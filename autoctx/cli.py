@@ -147,7 +147,8 @@ def plan(
     kv_type: str = typer.Option("", "--kv-type", help="force one KV type (e.g. q8_0 or q8_0/q4_0)"),
     parallel: int = typer.Option(1, "--parallel", help="slots (each gets num_ctx tokens)"),
     ubatch: int = typer.Option(512, "--ubatch", help="physical batch size"),
-    chart: str = typer.Option("", "--chart", help="write the memory-vs-context chart to FILE.svg or FILE.png"),
+    chart: str = typer.Option("", "--chart", help="write the memory-vs-context chart to FILE.svg or FILE.png "
+                              "(replaced atomically; a symbolic link at FILE is refused)"),
     no_repack: bool = typer.Option(False, "--no-repack", help="plan for llama-server --no-repack"),
 ) -> None:
     """The largest safe context, the KV cache type and the GPU layers for MODEL on this machine (or --free)."""
@@ -377,9 +378,12 @@ profile_app = typer.Typer(help="Per-model profiles: plans, measurements and lear
 app.add_typer(profile_app, name="profile")
 
 
+PROFILE_REF = "profile id prefix (at least 4 hex digits), model path or model name"
+
+
 @profile_app.command("list")
 def profile_list() -> None:
-    """Stored profiles, one line each."""
+    """Stored profiles, one line each (a file that is not a readable profile: one warning line, skipped)."""
     from .profiles import ProfileStore
 
     store = ProfileStore()
@@ -393,21 +397,33 @@ def profile_list() -> None:
 
 
 @profile_app.command("show")
-def profile_show(ref: str = typer.Argument(..., help="profile id (prefix), model path or name")) -> None:
-    """One profile as TOML."""
+def profile_show(ref: str = typer.Argument(..., help=PROFILE_REF)) -> None:
+    """One profile as TOML (REF must name exactly one)."""
     import tomli_w
 
     print(tomli_w.dumps(_one_profile(ref).to_toml_dict()), end="")
 
 
 @profile_app.command("rm")
-def profile_rm(ref: str = typer.Argument(..., help="profile id (prefix), model path or name")) -> None:
-    """Delete one profile."""
-    from .profiles import ProfileStore
+def profile_rm(
+    ref: str = typer.Argument(..., help=PROFILE_REF),
+    every: bool = typer.Option(False, "--all", help="remove every profile of the model REF names"),
+) -> None:
+    """Delete the profile REF names, and only it.
 
-    prof = _one_profile(ref)
-    ProfileStore().remove(prof)
-    print(f"removed {prof.key.id}")
+    An id prefix must be at least 4 hex digits and start only one profile's id. A model path or name that several
+    profiles share (other devices, drivers or runtime builds) is refused unless --all is given; --all never widens
+    an id prefix. An empty REF is an error.
+    """
+    from .profiles import ProfileError
+
+    store, found = _select_profiles(ref, every=True)
+    if len(found) > 1 and not every:
+        raise ProfileError(f"{len(found)} profiles match {ref!r}: give one's id (autoctx profile list shows them), "
+                           "or --all to remove them all")
+    for prof in found:
+        store.remove(prof)
+        print(f"removed {prof.key.id}")
 
 
 @profile_app.command("generate", context_settings=PASSTHROUGH)
@@ -424,18 +440,19 @@ def profile_generate(
 
 
 def _one_profile(ref: str):
-    from .errors import AutoctxError
+    return _select_profiles(ref, every=False)[1][0]
+
+
+def _select_profiles(ref: str, every: bool):
+    """(store, the profiles REF names); other unreadable profiles are one warning line each."""
     from .profiles import ProfileStore
 
     store = ProfileStore()
-    found = store.find(ref)
-    for w in store.warnings:
-        _warn(w)
-    if not found:
-        raise AutoctxError(f"no profile matches {ref!r} (autoctx profile list shows them)")
-    if len(found) > 1:
-        raise AutoctxError(f"{len(found)} profiles match {ref!r}: give more of the id")
-    return found[0]
+    try:
+        return store, store.select(ref, every=every)
+    finally:
+        for w in store.warnings:
+            _warn(w)
 
 
 def _quote(a: str) -> str:
@@ -457,26 +474,53 @@ def _kv_pair(text: str) -> tuple[str, str]:
 
 
 def _write_chart(path: str, p, svg_chart) -> None:
-    from .errors import ArgsError
+    """Write the chart to a new temporary file in PATH's folder (mkstemp: O_EXCL, so no planted name such as
+    PATH.tmp is ever opened) and rename it over PATH. A symbolic link at PATH itself is refused, never followed."""
+    import os
+    import tempfile
 
-    if path.endswith(".svg"):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(svg_chart(p))
-        import os
+    from .errors import ArgsError, AutoctxError
 
-        os.replace(tmp, path)
-        return
+    if not path.endswith((".svg", ".png")):
+        raise ArgsError("--chart must end in .svg or .png")
     if path.endswith(".png"):
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise ArgsError("--chart FILE.png needs matplotlib (pip install matplotlib); FILE.svg needs nothing")
-        from .report import png_chart
+    if os.path.islink(path):
+        raise ArgsError(f"--chart {path} is a symbolic link; autoctx does not write through links (remove it or give "
+                        "the path it points to)")
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        mask = os.umask(0)
+        os.umask(mask)
+        mode = 0o666 & ~mask
+    except OSError as e:
+        raise AutoctxError(f"cannot write --chart {path}: {e.strerror}") from None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=path[-4:],
+                                   dir=os.path.dirname(os.path.abspath(path)))
+    except OSError as e:
+        raise AutoctxError(f"cannot write --chart {path}: {e.strerror}") from None
+    try:
+        if path.endswith(".svg"):
+            with os.fdopen(fd, "w") as fh:
+                fh.write(svg_chart(p))
+        else:
+            os.close(fd)
+            from .report import png_chart
 
-        png_chart(p, path)
-        return
-    raise ArgsError("--chart must end in .svg or .png")
+            png_chart(p, tmp)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise AutoctxError(f"cannot write --chart {path}: {e.strerror or e}") from None
+        raise
 
 
 def estimate_json(est) -> dict:

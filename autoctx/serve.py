@@ -15,7 +15,7 @@ from typing import Callable
 
 from .errors import AutoctxError
 from .planner import Budget, Plan, PlanOptions, plan
-from .profiles import Profile, ProfileKey, ProfileStore, apply_corrections, learn, model_digest, runtime_build
+from .profiles import Profile, ProfileKey, ProfileStore, apply_corrections, model_digest, runtime_build
 from .runtimes.llamacpp.args import ParsedArgs, parse_server_args
 from .runtimes.llamacpp.launch import LlamaServer
 from .runtimes.llamacpp.server import ServerError, last_lines
@@ -201,12 +201,10 @@ def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: li
             attempts.append(f"attempt {attempt}: loaded num_ctx {p.num_ctx} KV {p.cache_type_k}/{p.cache_type_v}")
             result = ServeResult(server, p, argv, rows, flags, attempts, notes=notes + observed, after=after)
             if store is not None and key is not None:
-                prof = profile or Profile(key, spec.path, spec.name, spec.architecture)
-                pred, got = measured_by_device(est, log)
-                prof.plan = {**p.as_dict(), "llama_server_args": argv}
-                learn(prof, pred, got)
-                result.profile = prof
-                result.profile_path = str(store.save(prof))
+                pred, got = measured_by_device(est, log)  # learned into the profile as stored now, under its lock
+                result.profile, path = store.record(Profile(key, spec.path, spec.name, spec.architecture),
+                                                    {**p.as_dict(), "llama_server_args": argv}, pred, got)
+                result.profile_path = str(path)
             return result
         except BaseException:
             server.close()

@@ -158,7 +158,7 @@ def profile_key(spec, devices_desc: str, driver: str, version: str | None):
 
 def record_load(store, key, spec, p: Plan, check: LoadCheck) -> str:
     """Save what /api/ps said against the plan: totals per device (GPU = size_vram, CPU = the rest)."""
-    from ...profiles import Profile, learn
+    from ...profiles import Profile
 
     gpus = [b.device for b in p.budgets if b.device != "CPU"]
     predicted = {d: {"total": p.estimate.resident_bytes(d)} for d in [*gpus, "CPU"]}
@@ -166,10 +166,9 @@ def record_load(store, key, spec, p: Plan, check: LoadCheck) -> str:
         measured = {gpus[0]: {"total": check.size_vram}, "CPU": {"total": check.size - check.size_vram}}
     else:
         measured = {"CPU": {"total": check.size}}
-    prof = store.get(key) or Profile(key, spec.path, spec.name, spec.architecture)
-    prof.plan = {**p.as_dict(), "runtime": "ollama"}
-    learn(prof, predicted, measured)
-    return str(store.save(prof))
+    _, path = store.record(Profile(key, spec.path, spec.name, spec.architecture), {**p.as_dict(), "runtime": "ollama"},
+                           predicted, measured)  # re-read and learned under the profile's lock
+    return str(path)
 
 
 def runner_gpu_memory(probe_fn=None) -> list[str]:
