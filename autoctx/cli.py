@@ -295,6 +295,8 @@ def run(
                                "their memory"),
     start_server: bool = typer.Option(False, "--start-server", help="when no Ollama server answers, start "
                                       "`ollama serve` with the KV cache type the plan wants"),
+    timeout: float = typer.Option(0.0, "--timeout", help="seconds a load, generate or pull may wait for the "
+                                  "server (default: $AUTOCTX_OLLAMA_TIMEOUT, else 600)"),
 ) -> None:
     """Like `ollama run MODEL [PROMPT]`, on a derived model with the largest safe num_ctx for this machine.
 
@@ -304,26 +306,32 @@ def run(
     import shutil
 
     from .report import settings as plan_settings
+    from .runtimes.ollama.client import OllamaAPI, load_timeout
     from .runtimes.ollama.flow import api_run, ensure_server, ollama_plan
     from .runtimes.ollama.run import derived_name, ensure_derived, load_and_verify, plan_parameters
+    from .runtimes.ollama.server import ollama_host
+    from .runtimes.ollama.store import parse_name
 
     say = (lambda m: print(f"autoctx: {m}", file=sys.stderr))
+    parse_name(model)  # a path or a `..` name is refused before anything is opened
+    if name:
+        parse_name(name)
+    seconds = load_timeout(timeout)
     if start_server and not dry_run:
         ensure_server(model, free, device, margin, max_ctx, min_ctx, say)
     if pull_model or evict:
         from .resolve import NotPulled, ollama_store
         from .runtimes.ollama.run import pull, unload_others
-        from .runtimes.ollama.server import ollama_host
 
         if pull_model:
             try:
                 ollama_store(model)
             except NotPulled:
-                pull(ollama_host(), model, sys.stderr)
+                pull(OllamaAPI(ollama_host(), seconds), model, sys.stderr)
         if evict and not dry_run:
-            for other, vram in unload_others(ollama_host(), derived_name(model)):
+            for other, vram in unload_others(OllamaAPI(ollama_host(), seconds), derived_name(model)):
                 say(f"unloaded {other} ({vram / 2**30:.2f} GiB of GPU memory)")
-    srv, spec, p = ollama_plan(model, free, device, margin, max_ctx, min_ctx, say)
+    srv, spec, p = ollama_plan(model, free, device, margin, max_ctx, min_ctx, say, timeout=seconds)
     kv = srv.kv_cache_type
     target = name or derived_name(spec.name)
     params = " ".join(f"{k}={v}" for k, v in plan_parameters(p).items())
@@ -333,9 +341,10 @@ def run(
         print(f"would create: {target} from {spec.name} with {params}")
         print(f"would run: ollama run {target}" + "".join(f" {_quote(x)}" for x in prompt or []))
         return
-    action = ensure_derived(srv.url, spec.name, target, p)
+    api = OllamaAPI(srv.url, seconds)
+    action = ensure_derived(api, spec.name, target, p)
     say(f"{action} {target} ({params}, KV {kv})")
-    check = load_and_verify(srv.url, target, p)
+    check = load_and_verify(api, target, p)
     for w in check.warnings:
         say(f"WARNING: {w}")
     from .profiles import ProfileStore
@@ -353,7 +362,7 @@ def run(
     if exe:
         sys.stdout.flush()
         os.execv(exe, ["ollama", "run", target, *(prompt or [])])
-    api_run(srv.url, target, list(prompt or []))
+    api_run(api, target, list(prompt or []))
 
 
 @app.command()

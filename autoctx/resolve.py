@@ -48,31 +48,42 @@ def ollama_store(name: str) -> ModelSpec | None:
 def ollama_show(name: str) -> ModelSpec | None:
     """A model the Ollama server has but the local store cannot give (a remote server, an unreadable store): its
     `/api/show` (verbose) metadata and tensor list. Tensor offsets are approximated (sequential), which only
-    affects how a memory-mapped range is counted."""
+    affects how a memory-mapped range is counted. None when no server answers or it has no such model; an answer
+    of the wrong shape is one line naming the endpoint."""
     from .gguf import GGUFFile, TensorInfo, tensor_bytes, type_from_name
-    from .runtimes.ollama.server import OllamaServerError, http_json, ollama_host
+    from .runtimes.ollama.server import BadAnswer, NoServer, Refused, http_json, ollama_host
     from .runtimes.ollama.store import parse_name
 
     short = parse_name(name).short
     url = ollama_host()
     try:
-        d = http_json(f"{url}/api/show", {"model": short, "verbose": True}, timeout=10)
-    except OllamaServerError:
-        return None  # no server, or it does not have the model either
-    info, raw = d.get("model_info") or {}, d.get("tensors") or []
-    if not info or not raw:
+        d = http_json(f"{url}/api/show", {"model": short, "verbose": True}, timeout=30)
+    except NoServer:
+        return None
+    except Refused as e:
+        if e.status in (400, 404):  # no such model (400: a name that server does not accept)
+            return None
+        raise
+    info, raw = d.get("model_info"), d.get("tensors")
+    if info is None or raw is None or info == {} or raw == []:
         raise AutoctxError(f"{short}: the Ollama server at {url} does not list its tensors (an older Ollama?); "
                            "pull it into the local store or give the GGUF path")
+    if not isinstance(info, dict) or not isinstance(raw, list):
+        raise BadAnswer("unexpected answer from Ollama POST /api/show: model_info must be an object and tensors an "
+                        "array")
     tensors, offset = [], 0
     try:
         for t in raw:
             gtype = type_from_name(str(t["type"]))
             shape = tuple(int(x) for x in t["shape"])
+            if not isinstance(t["name"], str) or any(x < 0 for x in shape):
+                raise ValueError("bad tensor entry")
             n = tensor_bytes(gtype, shape)
             tensors.append(TensorInfo(t["name"], shape, gtype, offset, n))
             offset += (n + 31) // 32 * 32
-    except (KeyError, ValueError, TypeError) as e:
-        raise AutoctxError(f"{short}: unexpected tensor list from {url}/api/show ({e})") from None
+    except (KeyError, ValueError, TypeError, IndexError):
+        raise BadAnswer(f"unexpected answer from Ollama POST /api/show: tensor {len(tensors)} is not "
+                        "{name, type, shape}") from None
     view = GGUFFile([f"ollama:{short}"], 3, "<", dict(info), tensors, 32, [0], [offset])
     spec = spec_from_gguf(view)
     return replace(spec, name=short, source=f"ollama /api/show at {url} (tensor offsets approximated)")
@@ -102,6 +113,27 @@ def shipped_profile(name: str) -> ModelSpec | None:
 
 
 RESOLVERS: list[Resolver] = [gguf_path, ollama_store, ollama_show, shipped_profile]
+
+
+def resolve_ollama(name: str, shipped: bool = False) -> ModelSpec:
+    """An Ollama model name only (never a path): the local store, else the server's /api/show, else (when
+    `shipped`) a shipped profile. A name that is not an Ollama model name (`../x`, `/etc/passwd`) is refused before
+    anything is opened."""
+    from .runtimes.ollama.store import parse_name
+
+    parse_name(name)
+    not_pulled: NotPulled | None = None
+    for r in [ollama_store, ollama_show] + ([shipped_profile] if shipped else []):
+        try:
+            spec = r(name)
+        except NotPulled as e:
+            not_pulled = e
+            continue
+        if spec is not None:
+            return spec
+    if not_pulled is not None:
+        raise not_pulled
+    raise AutoctxError(f"{name}: not an Ollama model this machine or its Ollama server has")
 
 
 def resolve(name: str, pulled_only: bool = False) -> ModelSpec:

@@ -13,15 +13,15 @@ def ensure_server(model, free, device, margin, max_ctx, min_ctx, say) -> None:
     from ...planner import PlanOptions, plan as run_plan
     from ...probe.cpu import host_repack_rules
     from ...profiles import data_dir
-    from ...resolve import resolve
-    from .server import OllamaServerError, http_json, ollama_host, start_server
+    from ...resolve import resolve_ollama
+    from .server import NoServer, ollama_host, server_version, start_server
 
     try:
-        http_json(f"{ollama_host()}/api/version", timeout=2)
+        server_version(ollama_host(), timeout=2)
         return
-    except OllamaServerError:
+    except NoServer:  # a server that answers wrongly is not replaced: its error line stands
         pass
-    spec = resolve(model)
+    spec = resolve_ollama(model, shipped=True)
     budgets = budgets_from(free or [], device, margin, warn=say)
     opts = PlanOptions(runtime="ollama", max_ctx=max_ctx or None, min_ctx=min_ctx,
                        kv_order=(("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")), cpu_repack=host_repack_rules())
@@ -32,24 +32,21 @@ def ensure_server(model, free, device, margin, max_ctx, min_ctx, say) -> None:
     say(f"started `ollama serve` (pid {pid}) with OLLAMA_KV_CACHE_TYPE={kv} OLLAMA_FLASH_ATTENTION=1; log {log}")
 
 
-
-
-def ollama_plan(model, free, device, margin, max_ctx, min_ctx, say):
+def ollama_plan(model, free, device, margin, max_ctx, min_ctx, say, timeout: float | None = None):
     """The server's settings, the model (from the store) and the plan for them; suggests a quantized KV cache."""
     from dataclasses import replace as dc_replace
 
-    from ...errors import AutoctxError
     from ...planner import PlanOptions, plan as run_plan
     from ...probe.cpu import host_repack_rules
-    from ...resolve import resolve
+    from ...resolve import resolve_ollama
     from .server import enable_kv_instructions, ollama_host, server_settings
+    from .store import parse_name
 
-    srv = server_settings(ollama_host())
+    parse_name(model)  # a bad name (a path, `..`) is refused before anything is opened or asked
+    srv = server_settings(ollama_host(), timeout=min(10.0, timeout or 10.0))
     for n in srv.notes:
         say(n)
-    spec = resolve(model, pulled_only=True)
-    if not spec.source.startswith("ollama"):
-        raise AutoctxError(f"{model}: an Ollama model name is needed here (use autoctx serve for a GGUF file)")
+    spec = resolve_ollama(model)
     from ...profiles import ProfileStore, apply_corrections
     from .run import profile_key
 
@@ -74,22 +71,15 @@ def ollama_plan(model, free, device, margin, max_ctx, min_ctx, say):
     return srv, spec, p
 
 
-
-
-def api_run(url: str, model: str, prompt: list[str]) -> None:
+def api_run(api, model: str, prompt: list[str]) -> None:
     """`ollama run` without the CLI: stream a generate for a prompt (stdin appended), or chat interactively."""
-    import ollama
-
-    from .run import _call
-
-    client = ollama.Client(host=url)
     text = " ".join(prompt)
     if not sys.stdin.isatty():
         piped = sys.stdin.read()
         text = f"{piped}\n\n{text}".strip() if text else piped
     if text:
-        for chunk in _call(lambda: client.generate(model=model, prompt=text, stream=True), f"run {model}"):
-            sys.stdout.write(chunk.response or "")
+        for part in api.generate(model, text):
+            sys.stdout.write(part)
             sys.stdout.flush()
         sys.stdout.write("\n")
         return
@@ -104,8 +94,7 @@ def api_run(url: str, model: str, prompt: list[str]) -> None:
             return
         history.append({"role": "user", "content": line})
         reply = ""
-        for chunk in _call(lambda: client.chat(model=model, messages=history, stream=True), f"chat with {model}"):
-            part = chunk.message.content or ""
+        for part in api.chat(model, history):
             reply += part
             sys.stdout.write(part)
             sys.stdout.flush()

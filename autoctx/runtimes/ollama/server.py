@@ -25,6 +25,22 @@ class OllamaServerError(AutoctxError):
     pass
 
 
+class NoServer(OllamaServerError):
+    """Nothing answers at the server's address."""
+
+
+class Refused(OllamaServerError):
+    """The server answered with an HTTP error."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+class BadAnswer(OllamaServerError):
+    """The server answered with something that is not the documented shape."""
+
+
 def ollama_host(env: dict[str, str] | None = None) -> str:
     """OLLAMA_HOST as the client reads it: '0.0.0.0' → 127.0.0.1, default port 11434, http scheme."""
     env = os.environ if env is None else env
@@ -70,23 +86,64 @@ def _version_tuple(v: str | None) -> tuple[int, ...] | None:
         return None
 
 
+def one_line(text: object, limit: int = 300) -> str:
+    """A server-supplied message as one line: whitespace runs (newlines included) become one space; long ones cut."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
+
+
+def _endpoint(url: str, body: dict | None) -> str:
+    return f"{'GET' if body is None else 'POST'} /api{url.rsplit('/api', 1)[-1]}"
+
+
 def http_json(url: str, body: dict | None = None, timeout: float = 10.0) -> dict:
+    """One JSON object from the Ollama API (urllib: no heavy import). Every failure is one line naming the
+    endpoint: nothing listening (NoServer), an HTTP error (Refused), a stall past `timeout`, or an answer that is not
+    a JSON object (BadAnswer)."""
+    import socket
+
+    base, endpoint = url.rsplit("/api", 1)[0], _endpoint(url, body)
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
                                  headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read() or b"{}")
+            raw = resp.read()
     except urllib.error.HTTPError as e:
         try:
-            msg = json.loads(e.read()).get("error", e.reason)
-        except Exception:
+            msg = json.loads(e.read())["error"]
+        except Exception:  # no body, not JSON, not an object, no "error"
             msg = e.reason
-        raise OllamaServerError(f"Ollama at {url.rsplit('/api', 1)[0]}: {msg} (HTTP {e.code})") from None
+        raise Refused(f"Ollama at {base} refused {endpoint}: {one_line(msg)} (HTTP {e.code})", e.code) from None
+    except (TimeoutError, socket.timeout):
+        raise OllamaServerError(f"Ollama at {base} did not answer {endpoint} within {timeout:g} s") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise OllamaServerError(f"no Ollama server at {url.rsplit('/api', 1)[0]} ({reason}): start it with "
-                                "`ollama serve`, or set OLLAMA_HOST") from None
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            raise OllamaServerError(f"Ollama at {base} did not answer {endpoint} within {timeout:g} s") from None
+        raise NoServer(f"no Ollama server at {base} ({one_line(reason)}): start it with `ollama serve`, or set "
+                       "OLLAMA_HOST") from None
+    try:
+        value = json.loads(raw or b"{}")
+    except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+        raise BadAnswer(f"unexpected answer from Ollama {endpoint}: not JSON") from None
+    if not isinstance(value, dict):
+        raise BadAnswer(f"unexpected answer from Ollama {endpoint}: a JSON {_json_type(value)} where an object "
+                        "belongs")
+    return value
+
+
+def _json_type(value: object) -> str:
+    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def server_version(url: str, timeout: float = 10.0) -> str:
+    """GET /api/version → the version string."""
+    v = http_json(f"{url}/api/version", timeout=timeout).get("version")
+    if not isinstance(v, str) or not v.strip():
+        raise BadAnswer("unexpected answer from Ollama GET /api/version: no version string")
+    return one_line(v, 40)
 
 
 def serve_process_env(process_iter=None) -> tuple[dict[str, str], str]:
@@ -111,9 +168,9 @@ def serve_process_env(process_iter=None) -> tuple[dict[str, str], str]:
     return {}, denied or "no local `ollama serve` process found"
 
 
-def server_settings(url: str | None = None, env_reader=serve_process_env) -> ServerSettings:
+def server_settings(url: str | None = None, env_reader=serve_process_env, timeout: float = 10.0) -> ServerSettings:
     url = url or ollama_host()
-    version = http_json(f"{url}/api/version").get("version")
+    version = server_version(url, timeout=timeout)
     env, source = env_reader()
     s = ServerSettings(url=url, version=version, env=env, env_source=source)
     if not source.startswith("ollama serve pid") or "not readable" in source:
@@ -163,11 +220,11 @@ def start_server(kv_cache_type: str, log_path: str, timeout: float = 60.0, env: 
                                 env=child_env, start_new_session=True)
     url = ollama_host(child_env)
 
-    @retry(stop=stop_after_delay(timeout), wait=wait_fixed(0.2), retry=retry_if_exception_type(OllamaServerError))
+    @retry(stop=stop_after_delay(timeout), wait=wait_fixed(0.2), retry=retry_if_exception_type(NoServer))
     def up() -> None:
         if proc.poll() is not None:
             raise RuntimeError(f"`ollama serve` exited with status {proc.returncode} (log: {log_path})")
-        http_json(f"{url}/api/version", timeout=2)
+        server_version(url, timeout=2)
 
     try:
         up()

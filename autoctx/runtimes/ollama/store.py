@@ -20,11 +20,18 @@ DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
 MODEL_MEDIA = "application/vnd.ollama.image.model"
-_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # no "/", no "..", "%" or NUL: one plain path component
+_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}(:[0-9]{1,5})?$")
+DIGEST = re.compile(r"^sha256[:-][0-9a-f]{64}$")
+NAME_FORMS = "model, model:tag, ns/model:tag, host/ns/model:tag"
 
 
 class OllamaModelError(AutoctxError):
     pass
+
+
+class BadModelName(OllamaModelError):
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,9 @@ class ModelName:
 
 
 def parse_name(name: str) -> ModelName:
-    """'qwen2.5:32b', 'library/x:tag', 'host/ns/x:tag', 'x' (tag latest) → ModelName; bad names raise."""
+    """'qwen2.5:32b', 'library/x:tag', 'host/ns/x:tag', 'x' (tag latest) → ModelName. Anything else — a path, a
+    part that is `.`/`..` or starts with a dot, `%`-escapes, control characters — is refused: every part becomes one
+    folder name under the store, so none may leave it."""
     text = name.strip()
     base, _, tag = text.rpartition(":") if ":" in text.split("/")[-1] else (text, "", DEFAULT_TAG)
     parts = base.split("/")
@@ -56,13 +65,9 @@ def parse_name(name: str) -> ModelName:
     elif len(parts) == 3:
         host, ns, model = parts
     else:
-        raise OllamaModelError(f"{name!r} is not an Ollama model name (model, model:tag, ns/model:tag, "
-                               "host/ns/model:tag)")
-    for p in (ns, model, tag):
-        if not _PART.match(p):
-            raise OllamaModelError(f"{name!r} is not an Ollama model name")
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$", host):
-        raise OllamaModelError(f"{name!r} is not an Ollama model name")
+        host = ns = model = ""
+    if not (_HOST.fullmatch(host) and all(_PART.fullmatch(p) for p in (ns, model, tag))):
+        raise BadModelName(f"{name!r} is not an Ollama model name ({NAME_FORMS})")
     return ModelName(host, ns, model.lower(), tag or DEFAULT_TAG)
 
 
@@ -71,6 +76,40 @@ def store_roots(env: dict[str, str] | None = None) -> list[Path]:
     if env.get("OLLAMA_MODELS"):
         return [Path(env["OLLAMA_MODELS"]).expanduser()]
     return [Path.home() / ".ollama" / "models", Path("/usr/share/ollama/.ollama/models")]
+
+
+def check_manifest(manifest: object, where: str) -> dict:
+    """The manifest if its shape is Ollama's (an object whose `layers` is an array of objects, each with a string
+    mediaType and a sha256 digest), else one line saying what is wrong. Digests name blob files: checking them is
+    what keeps `sha256:../../x` from opening anything outside the store."""
+    def bad(why: str) -> OllamaModelError:
+        return OllamaModelError(f"{where}: not a valid manifest ({why})")
+
+    if not isinstance(manifest, dict):
+        raise bad("not a JSON object")
+    layers = manifest.get("layers")
+    if not isinstance(layers, list):
+        raise bad("layers is not an array")
+    for i, lay in enumerate(layers):
+        if not isinstance(lay, dict):
+            raise bad(f"layers[{i}] is not an object")
+        if not isinstance(lay.get("mediaType"), str):
+            raise bad(f"layers[{i}].mediaType is not a string")
+        digest = lay.get("digest")
+        if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
+            shown = repr(digest)[:90] if isinstance(digest, str) else type(digest).__name__
+            raise bad(f"layers[{i}].digest is not a sha256 digest: {shown}")
+        size = lay.get("size", 0)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise bad(f"layers[{i}].size is not a byte count")
+    return manifest
+
+
+def blob_path(root: Path, digest: str) -> Path:
+    """blobs/sha256-<hex> for a checked digest."""
+    if not DIGEST.fullmatch(digest):
+        raise OllamaModelError(f"bad blob digest {digest[:90]!r}")
+    return root / "blobs" / f"sha256-{digest[7:]}"
 
 
 @dataclass(frozen=True)
@@ -82,7 +121,10 @@ class StoredModel:
     digest: str  # sha256:<hex> of the model blob
 
     def layers(self, media: str) -> list[dict]:
-        return [lay for lay in self.manifest.get("layers", []) if lay.get("mediaType") == media]
+        return [lay for lay in self.manifest["layers"] if lay["mediaType"] == media]
+
+    def blob(self, layer: dict) -> Path:
+        return blob_path(self.root, layer["digest"])
 
 
 def find_model(name: str, env: dict[str, str] | None = None) -> StoredModel:
@@ -93,23 +135,21 @@ def find_model(name: str, env: dict[str, str] | None = None) -> StoredModel:
     for root in roots:
         mpath = root / "manifests" / mn.host / mn.namespace / mn.model / mn.tag
         try:
-            raw = mpath.read_text()
+            raw = mpath.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             continue
         except OSError as e:
             unreadable.append(f"{mpath}: {e.strerror or e}")
             continue
         try:
-            manifest = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise OllamaModelError(f"{mpath}: not a valid manifest ({e.msg})") from None
-        model_layers = [lay for lay in manifest.get("layers", []) if lay.get("mediaType") == MODEL_MEDIA]
+            manifest = check_manifest(json.loads(raw), str(mpath))
+        except ValueError as e:  # JSONDecodeError
+            raise OllamaModelError(f"{mpath}: not a valid manifest ({getattr(e, 'msg', 'not JSON')})") from None
+        model_layers = [lay for lay in manifest["layers"] if lay["mediaType"] == MODEL_MEDIA]
         if not model_layers:
             raise OllamaModelError(f"{mn.short}: its manifest has no model layer ({MODEL_MEDIA})")
-        digest = str(model_layers[0].get("digest", ""))
-        if not re.match(r"^sha256[:-][0-9a-f]{64}$", digest):
-            raise OllamaModelError(f"{mpath}: bad model layer digest {digest!r}")
-        blob = root / "blobs" / digest.replace(":", "-")
+        digest = model_layers[0]["digest"]
+        blob = blob_path(root, digest)
         if not blob.is_file():
             raise OllamaModelError(f"{mn.short}: blob {blob} is missing (re-pull: ollama pull {mn.short})")
         return StoredModel(mn, root, manifest, blob, digest.replace("-", ":", 1))
