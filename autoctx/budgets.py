@@ -7,10 +7,12 @@ from .planner import Budget, default_margin
 from .units import device_name, parse_size
 
 
-def budgets_from(free: list[str], device: str, margin: str, describe: bool = False, warn=None):
+def budgets_from(free: list[str], device: str, margin: str, describe: bool = False, warn=None, listed=None):
     """Budgets per device from --free DEVICE=SIZE, --device cpu and --margin, else from the probe.
 
-    With `describe`, also the devices' description and driver (the profile key's machine part)."""
+    `listed`: the devices the llama-server binary lists (runtimes.llamacpp.build), whose names and order the probed
+    GPUs take (a Vulkan build's Vulkan0, CUDA's fastest-first order). With `describe`, also the devices'
+    description and driver (the profile key's machine part)."""
 
     fixed_margin = parse_size(margin) if margin else None
     given: dict[str, int] = {}
@@ -31,7 +33,17 @@ def budgets_from(free: list[str], device: str, margin: str, describe: bool = Fal
         from .probe.devices import probe as run_probe
 
         probed = run_probe()
-        for w in probed.warnings:
+        notes = list(probed.warnings)
+        if listed is not None and not cpu_only:
+            from .probe.devices import join_listed
+
+            probed.devices, joined = join_listed(probed.devices, listed)
+            notes += joined
+        if any(not d.order_known for d in probed.devices):
+            notes.append("mixed GPUs numbered fastest-first by CUDA (CUDA_DEVICE_ORDER unset): NVML cannot tell that "
+                         "order, so CUDA<n> here follows PCI order; set CUDA_DEVICE_ORDER=PCI_BUS_ID, or let "
+                         "`autoctx serve` read llama-server's own device list")
+        for w in notes:
             if warn:
                 warn(w)
         devs = [d for d in probed.devices if not cpu_only or d.kind == "cpu"]

@@ -83,21 +83,25 @@ def check(
     Exit status: 0 when every buffer is within tolerance (exact for model/KV/output, 10 % for compute),
     4 when a prediction missed, 1 when the server failed to load.
     """
+    from .runtimes.llamacpp.build import read_build
     from .runtimes.llamacpp.server import ServerError, find_llama_server, last_lines, measure_allocation
     from .verify import compare, format_rows
 
     argv = list(server_args or [])
     est, parsed = _estimate(model, argv)
     binary = find_llama_server(llama_server or None)
+    build = read_build(binary, devices=False)
+    if build.difference():
+        _warn(build.difference())
     run_argv = argv if parsed.model else ["-m", model, *argv]
     m = measure_allocation(binary, run_argv, timeout=timeout)
     if not m.ready:
         raise ServerError(f"llama-server exited with status {m.returncode} before it was ready; last lines:\n"
                           + last_lines(m.log_text))
-    rows = compare(est, m.log)
+    rows = compare(est, m.log, other_build=not build.pinned)
     if as_json:
-        print(json.dumps({**estimate_json(est), "argv": m.argv, "comparison": [r.as_dict() for r in rows]},
-                         indent=2))
+        print(json.dumps({**estimate_json(est), "argv": m.argv, "comparison": [r.as_dict() for r in rows],
+                          "llama_server": build.as_dict()}, indent=2))
     else:
         print_estimate_table(est)
         print()
@@ -235,12 +239,16 @@ def serve(
     from .profiles import ProfileStore
     from .report import settings
     from .resolve import resolve
+    from .runtimes.llamacpp.build import read_build
     from .runtimes.llamacpp.server import find_llama_server
     from .serve import probe_after_load, serve_llamacpp
     from .verify import format_rows
 
     binary = find_llama_server(llama_server or None)
-    budgets, desc, driver = budgets_from(free or [], device, margin, describe=True, warn=_warn)
+    build = read_build(binary)  # its release (vs the one autoctx mirrors) and its devices, in its names and order
+    if build.difference():
+        _warn(build.difference())
+    budgets, desc, driver = budgets_from(free or [], device, margin, describe=True, warn=_warn, listed=build.devices)
     kinds = tuple(_kv_pair(t) for t in kv_types.split(",") if t.strip())
     opts = PlanOptions(max_ctx=max_ctx or None, min_ctx=min_ctx, kv_order=kinds, cpu_repack=host_repack_rules())
     say = (lambda m: print(f"autoctx: {m}", file=sys.stderr))
@@ -250,7 +258,7 @@ def serve(
                            "model)")
     result = serve_llamacpp(spec, budgets, opts, list(server_args or []), binary, max_tries=max_tries,
                             timeout=timeout, store=None if no_profile else ProfileStore(), devices_desc=desc,
-                            driver=driver, after_load=None if free else probe_after_load, say=say)
+                            driver=driver, after_load=None if free else probe_after_load, build=build, say=say)
     server = result.server
     with server:  # whatever happens from here on (a closed pipe, a signal), the server does not outlive autoctx
         if as_json:

@@ -1,6 +1,6 @@
 """llama.cpp's allocation rules, as pure functions: what llama-server allocates, per device and kind.
 
-This is the one module that mirrors llama.cpp (the pinned build, scripts/pins.toml). Each rule names its source:
+This is the one module that mirrors llama.cpp (the pinned build, autoctx/data/pins.toml). Each rule names its source:
 
 - context sizes ........ src/llama-context.cpp (constructor: n_ctx padding to 256, n_ctx_seq, n_batch/n_ubatch,
                           n_outputs_max), tools/server/server.cpp (np auto = 4 + kv_unified),

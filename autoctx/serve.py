@@ -17,6 +17,7 @@ from .errors import AutoctxError
 from .planner import Budget, Plan, PlanOptions, plan
 from .profiles import Profile, ProfileKey, ProfileStore, apply_corrections, model_digest, runtime_build
 from .runtimes.llamacpp.args import ParsedArgs, parse_server_args
+from .runtimes.llamacpp.build import BuildInfo
 from .runtimes.llamacpp.launch import LlamaServer
 from .runtimes.llamacpp.server import ServerError, last_lines
 from .verify import Row, compare
@@ -35,17 +36,20 @@ class AfterLoad:
     process: dict[str, int] = field(default_factory=dict)  # device -> bytes the server process holds (NVML/amdsmi)
 
 
-def probe_after_load(pid: int, probe_fn: Callable | None = None) -> AfterLoad:
-    """Free memory per device and the server's own per-process GPU memory, from the probe backends."""
-    from .probe.devices import probe
+def probe_after_load(pid: int, used=(), probe_fn: Callable | None = None) -> AfterLoad:
+    """Free memory per device and the server's own per-process GPU memory, from the probe backends, under the names
+    llama-server gave the cards (`used`: the devices its log printed with their PCI bus ids)."""
+    from .probe.devices import name_map, probe
 
     r = (probe_fn or probe)()
+    names = name_map(r.devices, used)
     out = AfterLoad()
     for d in r.devices:
-        out.free[d.name] = d.free_bytes
+        name = names.get(d.name, d.name)
+        out.free[name] = d.free_bytes
         held = [p.used_bytes for p in d.processes if p.pid == pid and p.used_bytes is not None]
         if held:
-            out.process[d.name] = sum(held)
+            out.process[name] = sum(held)
     return out
 
 
@@ -61,6 +65,7 @@ class ServeResult:
     profile_path: str | None = None
     notes: list[str] = field(default_factory=list)
     after: AfterLoad | None = None
+    build: BuildInfo | None = None
 
     @property
     def ok(self) -> bool:
@@ -69,7 +74,7 @@ class ServeResult:
     def report(self) -> dict:
         return {"plan": self.plan.as_dict(), "argv": self.argv, "attempts": self.attempts, "flags": self.flags,
                 "comparison": [r.as_dict() for r in self.rows], "reasons": self.plan.reasons, "notes": self.notes,
-                "profile": self.profile_path,
+                "profile": self.profile_path, "llama_server": None if self.build is None else self.build.as_dict(),
                 "after_load": None if self.after is None else {"free_bytes": self.after.free,
                                                                "process_bytes": self.after.process}}
 
@@ -123,8 +128,11 @@ def measured_by_device(est, log) -> tuple[dict, dict]:
 
 def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: list[str], binary: str, *,
                    max_tries: int = 3, timeout: float = 300.0, store: ProfileStore | None = None,
-                   devices_desc: str = "", driver: str = "", after_load: Callable[[int], AfterLoad] | None = None,
-                   say: Callable[[str], None] = print) -> ServeResult:
+                   devices_desc: str = "", driver: str = "", after_load: Callable[..., AfterLoad] | None = None,
+                   build: BuildInfo | None = None, say: Callable[[str], None] = print) -> ServeResult:
+    """Plan, launch, verify, step down, record. `after_load(pid, used_devices)` reads the drivers once loaded;
+    `build` is what the binary said of itself (another build than the mirrored one widens the verifier's
+    tolerance)."""
     parsed = parse_server_args(user_args)
     opts = user_overrides(parsed, opts)
     notes: list[str] = []
@@ -164,7 +172,7 @@ def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: li
                 continue
             log = server.log()
             est = p.estimate
-            rows = compare(est, log)
+            rows = compare(est, log, other_build=build is not None and not build.pinned)
             flags = [f"{r.device} {r.kind}: predicted {r.predicted_mib:.2f} MiB, actual "
                      f"{r.actual_mib if r.actual_mib is not None else '-'} MiB" for r in rows if not r.ok]
             if p.n_gpu_layers and log.offloaded and log.offloaded[0] < p.n_gpu_layers:
@@ -172,7 +180,8 @@ def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: li
                              f"{p.n_gpu_layers} on the GPU")
             eaten: list[str] = []
             observed: list[str] = []  # what the drivers said of this launch: reported, never carried to a next plan
-            after = after_load(server.proc.pid) if after_load is not None and server.proc is not None else None
+            after = (after_load(server.proc.pid, log.devices_used) if after_load is not None and server.proc is not None
+                     else None)
             if after is not None:
                 for b in budgets:
                     free = after.free.get(b.device)
@@ -193,13 +202,13 @@ def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: li
                 line = f"attempt {attempt}: margin eaten ({'; '.join(eaten)}); stepping down"
                 attempts.append(line)
                 say(line)
-                server.stop()
                 server.close()
                 opts = step_down(p, opts)
                 continue
             flags += eaten
             attempts.append(f"attempt {attempt}: loaded num_ctx {p.num_ctx} KV {p.cache_type_k}/{p.cache_type_v}")
-            result = ServeResult(server, p, argv, rows, flags, attempts, notes=notes + observed, after=after)
+            result = ServeResult(server, p, argv, rows, flags, attempts, notes=notes + observed, after=after,
+                                 build=build)
             if store is not None and key is not None:
                 pred, got = measured_by_device(est, log)  # learned into the profile as stored now, under its lock
                 result.profile, path = store.record(Profile(key, spec.path, spec.name, spec.architecture),

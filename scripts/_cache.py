@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PINS = tomllib.loads((HERE / "pins.toml").read_text())
+PINS = tomllib.loads((HERE.parent / "autoctx" / "data" / "pins.toml").read_text())  # autoctx reads it too
 INDEX = os.environ.get("AUTOCTX_PYPI_SIMPLE", "https://pypi.org/simple/")
 
 

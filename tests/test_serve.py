@@ -125,7 +125,8 @@ def test_margin_eaten_after_load_steps_down(llama_server, gemma_path):
 
     calls = []
 
-    def after_load(pid):
+    def after_load(pid, used):
+        assert used == []  # a CPU build prints no "using device" line
         calls.append(pid)
         return AfterLoad(free={"CPU": 0 if len(calls) == 1 else 8 * 1024**3})
 
@@ -151,7 +152,7 @@ def test_after_load_reads_the_servers_gpu_memory_from_the_probe():
     gpu = DeviceInfo("CUDA0", "cuda", "RTX 4090", 24 * 1024**3, 10 * 1024**3, 14 * 1024**3,
                      processes=(GpuProcess(4242, "llama-server", 13 * 1024**3), GpuProcess(7, "Xorg", 1024**3)))
     cpu = DeviceInfo("CPU", "cpu", "x", 64 * 1024**3, 50 * 1024**3, 14 * 1024**3)
-    after = probe_after_load(4242, probe_fn=lambda: ProbeResult([gpu, cpu]))
+    after = probe_after_load(4242, (), probe_fn=lambda: ProbeResult([gpu, cpu]))
     assert after.free == {"CUDA0": 10 * 1024**3, "CPU": 50 * 1024**3}
     assert after.process == {"CUDA0": 13 * 1024**3}
 

@@ -9,7 +9,8 @@ devices visible to the process, i.e. after CUDA_VISIBLE_DEVICES / HIP_VISIBLE_DE
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
@@ -34,7 +35,9 @@ class DeviceInfo:
     driver: str = ""
     runtime: str = ""  # CUDA driver API version, ROCm version
     processes: tuple[GpuProcess, ...] = ()
-    source: str = ""  # nvml | amdsmi | sysfs | psutil
+    source: str = ""  # nvml | amdsmi | sysfs | psutil | llama-server (a device only the binary lists)
+    pci_bus_id: str = ""  # "0000:01:00.0", as llama.cpp prints it: the join key to llama-server's devices
+    order_known: bool = True  # False: mixed GPUs numbered fastest-first by CUDA, an order NVML cannot tell
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -66,6 +69,16 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
+_BDF = re.compile(r"^([0-9a-f]{1,8}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$")
+
+
+def pci_bus_id(value: Any) -> str:
+    """NVML's '00000000:01:00.0', amdsmi's or sysfs' '0000:01:00.0' → '0000:01:00.0' (as CUDA and llama.cpp print
+    it); '' for anything else."""
+    m = _BDF.match(_text(value).strip().lower())
+    return f"{int(m[1], 16):04x}:{m[2]}:{m[3]}.{m[4]}" if m else ""
+
+
 def _visible(env: dict[str, str], var: str, index: int, uuid: str, position: int) -> int | None:
     """Position of a device among the visible ones, or None if the variable hides it."""
     spec = env.get(var)
@@ -93,6 +106,64 @@ def _renumber(devs: list[DeviceInfo], env: dict[str, str], var: str, prefix: str
     for i, (_, d) in enumerate(placed):
         out.append(DeviceInfo(**{**d.__dict__, "name": f"{prefix}{i}"}))
     return out
+
+
+def cuda_order(devs: list[DeviceInfo], env: dict[str, str]) -> list[DeviceInfo]:
+    """The order CUDA numbers the GPUs in (what CUDA_VISIBLE_DEVICES indices and llama.cpp's CUDA<n> refer to).
+
+    CUDA_DEVICE_ORDER=PCI_BUS_ID: PCI bus order, NVML's own. The default, FASTEST_FIRST, puts "the fastest" first by
+    a heuristic CUDA does not document: identical cards keep PCI order, but for mixed cards NVML cannot tell the
+    order, so they are kept in PCI order and marked `order_known=False` (llama-server's own device list, or its
+    load log's PCI bus ids, then settle it: `join_listed`, `name_map`)."""
+    ordered = sorted(devs, key=lambda d: (d.pci_bus_id or "~", d.index))
+    ordered = [replace(d, index=i) for i, d in enumerate(ordered)]
+    mixed = len({(d.description, d.total_bytes // 2**30) for d in ordered}) > 1
+    if mixed and env.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST").upper() != "PCI_BUS_ID":
+        ordered = [replace(d, order_known=False) for d in ordered]
+    return ordered
+
+
+def _kind_of(name: str) -> str:
+    prefix = name.rstrip("0123456789").lower()
+    return {"cuda": "cuda", "rocm": "rocm"}.get(prefix, prefix or "gpu")
+
+
+def _same_card(d: DeviceInfo, description: str, total_bytes: int) -> bool:
+    a, b = " ".join(d.description.lower().split()), " ".join(description.lower().split())
+    same_name = bool(a) and bool(b) and (a in b or b in a)  # Vulkan adds the driver: "... (RADV NAVI31)"
+    return same_name and abs(d.total_bytes - total_bytes) <= 0.1 * max(d.total_bytes, total_bytes, 1)
+
+
+def join_listed(devices: list[DeviceInfo], listed: Iterable[Any]) -> tuple[list[DeviceInfo], list[str]]:
+    """The probed GPUs named and ordered as a llama-server binary lists them (`--list-devices`: objects with
+    name, description, total_bytes, free_bytes), so that a CUDA build's CUDA1 or a Vulkan build's Vulkan0 is the
+    card it means. Cards match by name and total memory, in PCI order among equals; a listed device no vendor
+    library saw is kept with the binary's own memory view; a probed GPU the binary does not list is left out
+    (and said). System RAM is kept as it is."""
+    gpus = [d for d in devices if d.kind != "cpu"]
+    taken: set[int] = set()
+    out, notes = [], []
+    for item in listed:
+        match = next((i for i, d in enumerate(gpus) if i not in taken and
+                      _same_card(d, item.description, item.total_bytes)), None)
+        if match is None:
+            out.append(DeviceInfo(name=item.name, kind=_kind_of(item.name), description=item.description,
+                                  total_bytes=item.total_bytes, free_bytes=item.free_bytes,
+                                  used_bytes=max(0, item.total_bytes - item.free_bytes), source="llama-server"))
+            continue
+        taken.add(match)
+        out.append(replace(gpus[match], name=item.name, order_known=True))
+    for i, d in enumerate(gpus):
+        if i not in taken:
+            notes.append(f"{d.name} ({d.description}) is not among the devices llama-server lists: not planned for")
+    return out + [d for d in devices if d.kind == "cpu"], notes
+
+
+def name_map(devices: list[DeviceInfo], used: Iterable[Any]) -> dict[str, str]:
+    """probe name -> llama.cpp name, from the devices a loaded llama-server printed with their PCI bus ids (objects
+    with name and pci_bus_id): the exact join, whatever order CUDA chose."""
+    by_bus = {d.pci_bus_id: d.name for d in devices if d.pci_bus_id}
+    return {by_bus[u.pci_bus_id]: u.name for u in used if u.pci_bus_id in by_bus}
 
 
 class NvmlBackend:
@@ -125,17 +196,21 @@ class NvmlBackend:
                     uuid = _text(nv.nvmlDeviceGetUUID(h))
                 except Exception:
                     uuid = ""
+                try:
+                    bus = pci_bus_id(nv.nvmlDeviceGetPciInfo(h).busId)
+                except Exception:
+                    bus = ""
                 found.append(DeviceInfo(
                     name=f"CUDA{i}", kind="cuda", description=_text(nv.nvmlDeviceGetName(h)),
                     total_bytes=int(mem.total), free_bytes=int(mem.free), used_bytes=int(mem.used), index=i,
                     uuid=uuid, driver=driver, runtime=runtime, processes=tuple(self._processes(nv, h)),
-                    source="nvml"))
+                    source="nvml", pci_bus_id=bus))
         finally:
             try:
                 nv.nvmlShutdown()
             except Exception:
                 pass
-        return _renumber(found, self._env, "CUDA_VISIBLE_DEVICES", "CUDA")
+        return _renumber(cuda_order(found, self._env), self._env, "CUDA_VISIBLE_DEVICES", "CUDA")
 
     @staticmethod
     def _memory(nv: Any, h: Any) -> Any:
@@ -191,10 +266,14 @@ class AmdSmiBackend:
                     uuid = _text(a.amdsmi_get_gpu_device_uuid(h))
                 except Exception:
                     uuid = ""
+                try:
+                    bus = pci_bus_id(a.amdsmi_get_gpu_device_bdf(h))
+                except Exception:
+                    bus = ""
                 found.append(DeviceInfo(
                     name=f"ROCm{i}", kind="rocm", description=desc, total_bytes=total, free_bytes=max(total - used, 0),
                     used_bytes=used, index=i, uuid=uuid, driver=driver, processes=tuple(self._processes(a, h)),
-                    source="amdsmi"))
+                    source="amdsmi", pci_bus_id=bus))
         finally:
             try:
                 a.amdsmi_shut_down()
@@ -248,7 +327,8 @@ class SysfsAmdBackend:
             uuid = (dev / "unique_id").read_text().strip() if (dev / "unique_id").is_file() else ""
             found.append(DeviceInfo(name=f"ROCm{len(found)}", kind="rocm", description=desc or "AMD GPU",
                                     total_bytes=total, free_bytes=max(total - used, 0), used_bytes=used,
-                                    index=len(found), uuid=uuid, source="sysfs"))
+                                    index=len(found), uuid=uuid, source="sysfs",
+                                    pci_bus_id=pci_bus_id(dev.resolve().name)))
         return _renumber(found, self._env, _hip_var(self._env), "ROCm")
 
 

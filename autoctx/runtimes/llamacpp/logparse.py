@@ -10,6 +10,8 @@ Format strings (pinned build; older builds use the `llama_` prefix where this on
                              "%s: size = %7.2f MiB (%6u cells, %3d layers, %2u/%u seqs), K (%s): ..., V (%s): ..."
   src/llama-kv-cache-iswa.cpp "creating non-SWA KV cache, size = %u cells" / "creating     SWA KV cache, ..."
   src/llama-memory-recurrent.cpp "%s: %10s RS buffer size = %8.2f MiB"
+  src/llama.cpp              "%s: using device %s (%s) (%s) - %zu MiB free"  (name, description, PCI bus id or
+                             "unknown id"; builds before mid-2025 print no id)
   common/fit.cpp             "| <dev> | total = free + (self = model + context + compute) + unaccounted |" rows,
                              and with --log-jsonl a {"type": "fit_memory_breakdown"} object per measurement.
 Lines may carry a timestamp/level prefix; every pattern is searched anywhere in the line. With --log-jsonl every
@@ -36,6 +38,10 @@ _KV_SUMMARY = re.compile(
     r"(?P<v>[0-9.]+) MiB"
 )
 _ISWA = re.compile(r"creating\s+(?P<which>non-SWA|SWA) KV cache, size = (?P<cells>\d+) cells")
+# the id group: a PCI bus id (0000:01:00.0) or "unknown id"; older builds print no id group at all
+_USING = (re.compile(r"using device (?P<name>\S+) \((?P<desc>.*)\) \((?P<id>[0-9A-Fa-f:.]+|unknown id)\) - "
+                     r"(?P<free>\d+) MiB free\s*$"),
+          re.compile(r"using device (?P<name>\S+) \((?P<desc>.*)\)() - (?P<free>\d+) MiB free\s*$"))
 _OFFLOADED = re.compile(r"offloaded (?P<n>\d+)/(?P<m>\d+) layers to GPU")
 _CPARAM = re.compile(r"llama_context: (?P<key>n_seq_max|n_ctx|n_ctx_seq|n_batch|n_ubatch|flash_attn|kv_unified"
                      r"|n_outputs_max)\s+= (?P<val>\S+)")
@@ -109,6 +115,16 @@ class BreakdownRow:
     description: str = ""  # device description as printed (vendor prefix stripped by llama.cpp), "" if none
 
 
+@dataclass(frozen=True)
+class UsedDevice:
+    """A device llama-server said it uses, in its order: the join key to NVML/amdsmi (the PCI bus id)."""
+
+    name: str  # CUDA0, Vulkan1, ...
+    description: str
+    pci_bus_id: str  # "" when the build prints none or "unknown id"
+    free_bytes: int
+
+
 @dataclass
 class ServerLog:
     buffers: list[LoggedBuffer] = field(default_factory=list)
@@ -118,6 +134,7 @@ class ServerLog:
     cparams: dict[str, str] = field(default_factory=dict)
     breakdown: list[BreakdownRow] = field(default_factory=list)
     oom: list[str] = field(default_factory=list)
+    devices_used: list[UsedDevice] = field(default_factory=list)
 
     def mib(self, kind: str, device: str | None = None) -> float:
         return round(sum(b.mib for b in self.buffers if b.kind == kind and (device is None or b.device == device)), 2)
@@ -183,6 +200,12 @@ def _parse_line(log: ServerLog, line: str, breakdown: list[BreakdownRow]) -> Non
         m = _ISWA.search(line)
         if m:
             log.iswa_cells[m["which"]] = int(m["cells"])
+            return
+    if "using device" in line:
+        m = _USING[0].search(line) or _USING[1].search(line)
+        if m:
+            bus = "" if m.group(3) in ("", "unknown id") else m.group(3).lower()
+            log.devices_used.append(UsedDevice(m["name"], m["desc"], bus, int(m["free"]) * MiB))
             return
     if "layers to GPU" in line:
         m = _OFFLOADED.search(line)
