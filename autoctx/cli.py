@@ -359,13 +359,21 @@ def run(
     from .runtimes.ollama.run import record_load
 
     on_gpu = f" ({check.size_vram / 2**30:.2f} GiB in GPU memory)" if p.n_gpu_layers else ""
-    if p.n_gpu_layers:
-        from .runtimes.ollama.run import runner_gpu_memory
+    per_gpu = None
+    if p.n_gpu_layers and not free:  # the driver's per-process memory of this model's runner, per GPU
+        from .runtimes.ollama.run import runner_memory
 
-        for line in runner_gpu_memory():
+        blob = os.path.basename(spec.path)
+        rm = runner_memory(blob if blob.startswith("sha256-") else None)
+        for line in rm.lines:
             say(f"driver: {line}")
-    say(f"loaded: {check.size / 2**30:.2f} GiB{on_gpu}, context {check.context_length}; "
-        f"profile {record_load(ProfileStore(), p.profile_key, spec, p, check)}")
+        for n in rm.notes:
+            say(n)
+        per_gpu = rm.per_gpu
+    path, notes = record_load(ProfileStore(), p.profile_key, spec, p, check, per_gpu)
+    for n in notes:
+        say(n)
+    say(f"loaded: {check.size / 2**30:.2f} GiB{on_gpu}, context {check.context_length}; profile {path}")
     exe = shutil.which("ollama")
     if exe:
         sys.stdout.flush()

@@ -83,6 +83,14 @@ class FakeOllama:
         self.version = version
         self.llama_server = llama_server
         self.env = dict(env or {})  # the OLLAMA_* environment this `ollama serve` runs with
+        # not Ollama's: on this sandbox's CPU the pinned llama-server dies of SIGILL (kernel: invalid opcode) right
+        # after allocating when it repacks weights into its AMX buffer, warm-up or not. --no-repack keeps the weights
+        # in CPU_Mapped (and the plan must say so: see test_ollama_memory); --no-warmup allocates nothing less.
+        self.extra_args = ["--no-warmup", "--no-repack"]
+        # a host without GPUs: Ollama's scheduler falls back to num_gpu 0 ("GPU not available, falling back to CPU",
+        # server/sched.go; UNVERIFIED for ≥ 0.30). Without it a CPU-only llama-server says "offloaded 19/19 layers to
+        # GPU", which Ollama's accounting reads as 100 % GPU and /api/ps would answer size 0.
+        self.cpu_only = True
         self.refuse_create = False
         self.spill_bytes = 0  # invented sizes only: size - size_vram reported by /api/ps (CPU spill)
         self.bytes_per_token = 4096  # invented sizes only: /api/ps size = model blob + num_ctx × this
@@ -237,9 +245,11 @@ class FakeOllama:
             argv += ["-b", str(opts["num_batch"]), "-ub", str(opts["num_batch"])]
         if "num_gpu" in opts and int(opts["num_gpu"]) >= 0:
             argv += ["-ngl", str(int(opts["num_gpu"]))]
+        elif self.cpu_only:
+            argv += ["-ngl", "0"]
         if int(opts.get("num_thread", 0)) > 0:
             argv += ["-t", str(opts["num_thread"])]
-        return argv
+        return argv + self.extra_args
 
     def _context_cap(self, blob: Path) -> int | None:
         from autoctx.gguf import read_gguf
@@ -264,7 +274,7 @@ class FakeOllama:
                 "expires_at": "2026-11-23T23:59:59Z", "context_length": ctx}
         if not self.llama_server:
             size = model_layer["size"] + ctx * self.bytes_per_token
-            self.loaded[name] = {**base, "size": size, "size_vram": size - self.spill_bytes}
+            self.loaded[name] = {**base, "size": size, "size_vram": 0 if self.cpu_only else size - self.spill_bytes}
             return self.loaded[name]
         with self._lock:
             runner = self.runners.get(name)

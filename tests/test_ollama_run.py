@@ -100,6 +100,7 @@ def test_api_path_without_the_ollama_cli(env, ollama):
 
 def test_cpu_spill_is_loud(env, ollama, tmp_path):
     stand_in(env, tmp_path)
+    ollama.cpu_only = False
     ollama.spill_bytes = 100 * 1024**2
     r = autoctx(env, "run", "--free", "cuda0=8GiB", "--free", "cpu=16GiB", "gemma3:270m", "hi")
     assert r.returncode == 0, r.stderr
@@ -250,12 +251,13 @@ def test_interactive_chat_at_a_terminal_without_the_cli(env, ollama):
     assert chats[-1]["model"] == "gemma3:270m-autoctx"
 
 
-def test_runner_gpu_memory_from_the_probe():
+def test_runner_memory_from_the_probe():
     from autoctx.probe.devices import DeviceInfo, GpuProcess, ProbeResult
-    from autoctx.runtimes.ollama.run import runner_gpu_memory
+    from autoctx.runtimes.ollama.run import runner_memory
 
     gpu = DeviceInfo("CUDA0", "cuda", "RTX 4090", 24 * 2**30, 4 * 2**30, 20 * 2**30,
                      processes=(GpuProcess(10, "llama-server", 19 * 2**30), GpuProcess(11, "Xorg", 2**30),
                                 GpuProcess(12, "ollama", None)))
-    lines = runner_gpu_memory(lambda: ProbeResult([gpu]))
-    assert lines == ["CUDA0: llama-server (pid 10) holds 19.00 GiB"]
+    rm = runner_memory(None, lambda: ProbeResult([gpu]))
+    assert rm.lines == ["CUDA0: llama-server (pid 10) holds 19.00 GiB"]
+    assert rm.per_gpu == {"CUDA0": 19 * 2**30}

@@ -136,28 +136,90 @@ def profile_key(spec, devices_desc: str, driver: str, version: str | None):
     return ProfileKey(digest, devices_desc, driver, f"ollama {version or 'unknown'}")
 
 
-def record_load(store, key, spec, p: Plan, check: LoadCheck) -> str:
-    """Save what /api/ps said against the plan: totals per device (GPU = size_vram, CPU = the rest)."""
+def loaded_memory(spec, p: Plan, check: LoadCheck, per_gpu: dict[str, int] | None = None
+                  ) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]], list[str]]:
+    """(predicted, measured, notes) per device for the profile, both in Ollama's terms.
+
+    Measured: the CPU holds what /api/ps says is not in VRAM (size - size_vram). Each GPU holds what the driver says
+    the runner process holds on it (`per_gpu`, from NVML/amdsmi per-process memory); without that, a single GPU holds
+    all of size_vram, and on several GPUs the split is unknown, so no GPU is learned (never all of it on the first).
+    Predicted: what /api/ps would say if llama-server allocated the plan's buffers (the same accounting rule, see
+    memory.py), so that a correction is a real misprediction, not a difference in counting."""
+    import os
+
+    from .memory import predicted_ps_sizes
+
+    notes: list[str] = []
+    gpus = [b.device for b in p.budgets if b.device != "CPU"]
+    measured = {"CPU": {"total": max(0, check.size - check.size_vram)}}
+    if per_gpu:
+        for d in dict.fromkeys([*gpus, *per_gpu]):
+            measured[d] = {"total": per_gpu.get(d, 0)}
+    elif len(gpus) == 1:
+        measured[gpus[0]] = {"total": check.size_vram}
+    elif gpus:
+        notes.append(f"{len(gpus)} GPUs and no per-process memory from the driver: how the "
+                     f"{check.size_vram / 2**30:.2f} GiB in VRAM is split is unknown, so no GPU is learned")
+    file_size = os.path.getsize(spec.path) if os.path.isfile(spec.path) else None
+    pred = predicted_ps_sizes(p.estimate, file_size)
+    predicted = {d: {"total": pred.size - pred.size_vram if d == "CPU" else pred.vram_by_device.get(d, 0)}
+                 for d in measured}
+    return predicted, measured, notes
+
+
+def record_load(store, key, spec, p: Plan, check: LoadCheck, per_gpu: dict[str, int] | None = None
+                ) -> tuple[str, list[str]]:
+    """Save what the load took against the plan (see loaded_memory); returns the profile's path and notes."""
     from ...profiles import Profile
 
-    gpus = [b.device for b in p.budgets if b.device != "CPU"]
-    predicted = {d: {"total": p.estimate.resident_bytes(d)} for d in [*gpus, "CPU"]}
-    if gpus:
-        measured = {gpus[0]: {"total": check.size_vram}, "CPU": {"total": check.size - check.size_vram}}
-    else:
-        measured = {"CPU": {"total": check.size}}
+    predicted, measured, notes = loaded_memory(spec, p, check, per_gpu)
     _, path = store.record(Profile(key, spec.path, spec.name, spec.architecture), {**p.as_dict(), "runtime": "ollama"},
                            predicted, measured)  # re-read and learned under the profile's lock
-    return str(path)
+    return str(path), notes
 
 
-def runner_gpu_memory(probe_fn=None) -> list[str]:
-    """What NVML/amdsmi say the Ollama runner processes (ollama, llama-server) hold on each GPU."""
+@dataclass
+class RunnerMemory:
+    per_gpu: dict[str, int]  # device → bytes the model's runner process holds there (empty: unknown)
+    lines: list[str]  # one per runner-like process on a GPU, as the driver reports it
+    notes: list[str] = field(default_factory=list)
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).cmdline()
+    except Exception:  # gone, or another user's (AccessDenied)
+        return None
+
+
+def runner_memory(blob: str | None, probe_fn=None, cmdline=_cmdline) -> RunnerMemory:
+    """What NVML/amdsmi say the model's runner process holds on each GPU.
+
+    Runner-like processes (names with `ollama` or `llama`) are narrowed to the one whose command line names the model
+    blob (`sha256-<hex>`: Ollama ≥ 0.30 runs `llama-server --model <store>/blobs/sha256-<hex>`), so another model's
+    runner, or a llama-server of the user's own, is not counted. When no command line can be read, the processes are
+    used only if there is exactly one."""
     from ...probe.devices import probe
 
+    found = [(d.name, pr) for d in (probe_fn or probe)().gpus for pr in d.processes
+             if ("ollama" in pr.name or "llama" in pr.name) and pr.used_bytes is not None]
+    pids = {pr.pid for _, pr in found}
+    notes = []
+    if blob and pids:
+        named = {pid for pid in pids if any(a == blob or a.endswith(f"/{blob}") for a in (cmdline(pid) or []))}
+        if named:
+            pids = named
+        elif len(pids) > 1:
+            notes.append(f"{len(pids)} runner processes on the GPUs and none names {blob}: GPU memory not attributed")
+            pids = set()
+    per_gpu: dict[str, int] = {}
     lines = []
-    for d in (probe_fn or probe)().gpus:
-        for p in d.processes:
-            if ("ollama" in p.name or "llama" in p.name) and p.used_bytes is not None:
-                lines.append(f"{d.name}: {p.name} (pid {p.pid}) holds {p.used_bytes / 2**30:.2f} GiB")
-    return lines
+    for dev, pr in found:
+        mine = pr.pid in pids
+        lines.append(f"{dev}: {pr.name} (pid {pr.pid}) holds {pr.used_bytes / 2**30:.2f} GiB"
+                     + ("" if mine or not pids else " (not this model's runner)"))
+        if mine:
+            per_gpu[dev] = per_gpu.get(dev, 0) + pr.used_bytes
+    return RunnerMemory(per_gpu, lines, notes)
