@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup llama-server gemma demo test bench clean
+.PHONY: setup llama-server gemma demo test bench fuzz clean
 
 $(BIN)/autoctx: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ demo: llama-server gemma
 test: llama-server gemma
 	$(BIN)/ruff check autoctx tests scripts
 	$(BIN)/python -m pytest -q
+
+# mutated GGUF headers through read → ModelSpec → estimate → plan (tests/fuzz_gguf.py); `make test` runs 45 s of it.
+# New failures are saved to tests/data/fuzz/ and replayed by every `make test` from then on.
+FUZZ_SECONDS ?= 600
+fuzz: gemma
+	$(BIN)/python -m tests.fuzz_gguf --seconds $(FUZZ_SECONDS)
 
 bench: llama-server gemma
 	$(BIN)/python scripts/bench_accuracy.py

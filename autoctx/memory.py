@@ -492,8 +492,17 @@ def compute_bytes(spec: ModelSpec, n_kv: int, n_kv_swa: int, n_tokens: int, n_ou
     return 40 * n_tokens + max(layers, out_peak)
 
 
+def largest_cpu_weight(spec: ModelSpec, layer_dev: list[str]) -> int:
+    """The largest matmul weight (2+ dims) of the blocks left on the CPU (0 when every block is offloaded)."""
+    cpu_layers = {il for il, d in enumerate(layer_dev) if d == CPU}
+    if not cpu_layers:
+        return 0
+    return max((t.nbytes for t, li in zip(spec.tensors, spec.tensor_layer) if li in cpu_layers and len(t.shape) >= 2),
+               default=0)
+
+
 def gpu_compute_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], out_dev: str, compute: int,
-                        n_tokens: int) -> list[Buffer]:
+                        n_tokens: int, extra: int | None = None) -> list[Buffer]:
     """Compute buffers when layers are offloaded (UNVERIFIED on real GPUs: no GPU was lent to measure them).
 
     Each GPU holding layers reserves the graph's peak for its part (the closed form); with a partial offload the
@@ -503,12 +512,8 @@ def gpu_compute_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], out_de
     """
     out: list[Buffer] = []
     gpus = [d.name for d in p.devices if d.name in layer_dev or d.name == out_dev]
-    cpu_layers = [il for il, d in enumerate(layer_dev) if d == CPU]
-    extra = 0
-    if cpu_layers:
-        sizes = [t.nbytes for t, li in zip(spec.tensors, spec.tensor_layer)
-                 if li in cpu_layers and len(t.shape) >= 2]
-        extra = max(sizes, default=0)
+    if extra is None:
+        extra = largest_cpu_weight(spec, layer_dev)
     for i, g in enumerate(gpus):
         out.append(Buffer(g, "compute", compute + (extra if i == 0 else 0), g))
     host = next(d.host_buffer for d in p.devices if d.name == gpus[0])
@@ -521,7 +526,25 @@ def gpu_compute_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], out_de
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def estimate(spec: ModelSpec, params: Params) -> Estimate:
+def _placed_weights(spec: ModelSpec, p: Params, layer_dev: list[str], out_dev: str,
+                    memo: dict | None) -> tuple[list[Buffer], int]:
+    """model_buffers and largest_cpu_weight of one layer placement: the two walks over every tensor.
+
+    The planner estimates the same placement at many context sizes and KV types; with `memo` (a dict the caller
+    keeps for one ModelSpec) each placement walks the tensors once, so a plan's work does not grow with tensors ×
+    estimates. The key holds every input of the two walks besides the spec."""
+    key = (tuple(layer_dev), out_dev, p.devices, p.repack, p.mmap, tuple(sorted(p.cpu_repack.items())))
+    if memo is not None and key in memo:
+        return memo[key]
+    offloaded = any(d != CPU for d in layer_dev) or out_dev != CPU
+    found = (model_buffers(spec, p, layer_dev, out_dev), largest_cpu_weight(spec, layer_dev) if offloaded else 0)
+    if memo is not None:
+        memo[key] = found
+    return found
+
+
+def estimate(spec: ModelSpec, params: Params, memo: dict | None = None) -> Estimate:
+    """What llama-server allocates for `spec` with `params`. `memo`: see _placed_weights (one dict per spec)."""
     p = params.resolved()
     n_ctx, n_ctx_seq, n_batch, n_ubatch, n_outputs_max = context_sizes(spec, p)
     fa = p.flash_attn in ("on", "auto")  # auto resolves to on for every backend/head size we model
@@ -533,7 +556,8 @@ def estimate(spec: ModelSpec, params: Params) -> Estimate:
                         f"({p.cache_type_v}) cache types")
     ngl = resolve_ngl(spec, p)
     layer_dev, out_dev = layer_devices(spec, p, ngl)
-    buffers = model_buffers(spec, p, layer_dev, out_dev)
+    weights, cpu_weight = _placed_weights(spec, p, layer_dev, out_dev, memo)
+    buffers = list(weights)
     kv, n_swa_cells = kv_buffers(spec, p, n_ctx_seq, n_ubatch, fa, layer_dev)
     buffers += kv
     host = CPU if out_dev == CPU else next(d.host_buffer for d in p.devices if d.name == out_dev)
@@ -546,7 +570,7 @@ def estimate(spec: ModelSpec, params: Params) -> Estimate:
     if not gpu_layers:
         buffers.append(Buffer(CPU, "compute", compute, CPU))
     else:
-        buffers += gpu_compute_buffers(spec, p, layer_dev, out_dev, compute, n_tokens)
+        buffers += gpu_compute_buffers(spec, p, layer_dev, out_dev, compute, n_tokens, cpu_weight)
         notes.append("GPU compute buffers use the CPU-calibrated closed form; not yet checked against a GPU run")
     if p.fit and p.n_ctx <= 0:
         notes.append("-c unset with --fit on: llama-server may lower the context to fit free memory")

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UnsupportedModel
-from .gguf import GGUFArray, GGUFFile, TensorInfo
+from .gguf import GGUFArray, GGUFFile, GGUFString, TensorInfo, clip
+from .gguf._constants import GGUFValueType
 
 # ---------------------------------------------------------------------------------------------------------------
 # Per-architecture facts that are not in the GGUF (llama.cpp hard-codes them in src/models/<arch>.cpp).
@@ -175,16 +176,67 @@ class ModelSpec:
         }
 
 
-def _per_layer(value: Any, n: int, key: str, default: int) -> tuple[int, ...]:
-    if value is None:
-        return (default,) * n
+# llama.cpp's own limits (src/llama-hparams.h): load_hparams asserts 0 < block_count <= LLAMA_MAX_LAYERS and
+# expert_count <= LLAMA_MAX_EXPERTS. Hyperparameters are uint32 there; positions (llama_pos) are int32, so no
+# context can exceed 2**31 tokens.
+MAX_LAYERS = 512
+MAX_EXPERTS = 1024
+MAX_CTX = 2**31
+U32 = 2**32 - 1
+
+
+def _kind(value: Any) -> str:
+    """What a metadata value is, in GGUF words, for a message."""
+    if isinstance(value, bool):
+        return "a bool"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, (str, GGUFString)):
+        return "a string"
     if isinstance(value, GGUFArray):
-        raise UnsupportedModel(f"{key}: per-layer array of {value.count} entries is too long")
+        return f"an array of {value.count} entries"
     if isinstance(value, list):
-        if len(value) != n:
-            raise UnsupportedModel(f"{key}: per-layer array has {len(value)} entries for {n} layers")
-        return tuple(int(v) for v in value)
-    return (int(value),) * n
+        return f"an array of {len(value)} entries"
+    return type(value).__name__
+
+
+class _Keys:
+    """Typed, range-checked reads of one model's metadata; every refusal names the key and the file."""
+
+    def __init__(self, f: GGUFFile, arch: str):
+        self.path, self.arch, self.md = f.path, arch, f.metadata
+
+    def bad(self, key: str, value: Any, why: str) -> UnsupportedModel:
+        return UnsupportedModel(f"{self.path}: bad {key} {clip(value)}: {why}")
+
+    def raw(self, suffix: str) -> Any:
+        return self.md.get(f"{self.arch}.{suffix}")
+
+    def check_int(self, key: str, value: Any, lo: int, hi: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.bad(key, value, f"an integer is required, not {_kind(value)}")
+        if not lo <= value <= hi:
+            raise self.bad(key, value, f"must be {lo}..{hi}")
+        return value
+
+    def int(self, suffix: str, default: int, lo: int = 0, hi: int = U32) -> int:
+        """An integer key of this architecture; `default` when absent."""
+        value = self.raw(suffix)
+        return default if value is None else self.check_int(f"{self.arch}.{suffix}", value, lo, hi)
+
+    def per_layer(self, suffix: str, n: int, default: int, lo: int = 0, hi: int = U32) -> tuple[int, ...]:
+        """One integer, or an array of exactly one per layer (llama_model_loader::get_key_or_arr)."""
+        key, value = f"{self.arch}.{suffix}", self.raw(suffix)
+        if value is None:
+            return (default,) * n
+        if isinstance(value, (list, GGUFArray)):
+            if len(value) != n:
+                raise self.bad(key, value, f"{_kind(value)} for {n} layers")
+            # array elements may be bools (get_arr accepts bool arrays for integer fields)
+            return tuple(self.check_int(key, int(v) if isinstance(v, bool) else v, lo, hi) for v in value)
+        return (self.check_int(key, value, lo, hi),) * n
 
 
 def _classify(name: str, n_layer: int) -> int:
@@ -196,61 +248,81 @@ def _classify(name: str, n_layer: int) -> int:
     return -1
 
 
+def _text(value: Any, limit: int = 120) -> str:
+    """A string value (a name) made one short line, or '' when the key holds something else."""
+    if not isinstance(value, str):
+        return ""
+    text = "".join(c if c.isprintable() else " " for c in value[: limit + 1])
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
 def spec_from_gguf(f: GGUFFile) -> ModelSpec:
-    """Build a ModelSpec from a GGUF header. Raises UnsupportedModel for architectures llama.cpp rules are unknown."""
-    arch = f.architecture
+    """Build a ModelSpec from a GGUF header. Raises UnsupportedModel for architectures llama.cpp rules are unknown
+    and for hyperparameters llama.cpp would refuse (or that make no model): wrong types, out-of-range values,
+    contradicting keys. Every message names the key and the file."""
+    md = f.metadata
+    arch = md.get("general.architecture", "")
+    if not isinstance(arch, str):
+        raise UnsupportedModel(f"{f.path}: bad general.architecture {clip(arch)}: a string is required, not "
+                               f"{_kind(arch)}")
     if not arch:
         raise UnsupportedModel(f"{f.path}: no general.architecture key (not a model GGUF?)")
     rule = ARCH_RULES.get(arch)
     if rule is None:
-        raise UnsupportedModel(f"{f.path}: architecture {arch!r} is not supported by autoctx yet")
-    md = f.metadata
+        raise UnsupportedModel(f"{f.path}: architecture {clip(arch)} is not supported by autoctx yet")
+    keys = _Keys(f, arch)
 
     def k(suffix: str, default: Any = None) -> Any:
         return md.get(f"{arch}.{suffix}", default)
 
-    n_layer = int(k("block_count", 0))
-    if n_layer <= 0 or n_layer > 4096:
-        raise UnsupportedModel(f"{f.path}: bad {arch}.block_count {k('block_count')!r}")
-    n_nextn = int(k("nextn_predict_layers", 0) or 0)
-    n_embd = int(k("embedding_length", 0))
-    n_head = _per_layer(k("attention.head_count"), n_layer, "head_count", 0)
-    n_head_kv = _per_layer(k("attention.head_count_kv"), n_layer, "head_count_kv", -1)
-    if n_head_kv[0] == -1:
-        n_head_kv = n_head
-    n_ff = _per_layer(k("feed_forward_length"), n_layer, "feed_forward_length", 0)
+    if k("block_count") is None:
+        raise UnsupportedModel(f"{f.path}: missing {arch}.block_count")
+    n_layer = keys.int("block_count", 0, 1, MAX_LAYERS)
+    n_nextn = keys.int("nextn_predict_layers", 0, 0, n_layer)
+    n_embd = keys.int("embedding_length", 0)
+    if n_embd <= 0:
+        raise UnsupportedModel(f"{f.path}: missing or zero {arch}.embedding_length")
+    n_head = keys.per_layer("attention.head_count", n_layer, 0)
+    n_head_kv = keys.per_layer("attention.head_count_kv", n_layer, 0) if k("attention.head_count_kv") is not None \
+        else n_head
+    n_ff = keys.per_layer("feed_forward_length", n_layer, 0)
 
     tokens = md.get("tokenizer.ggml.tokens")
-    n_vocab = int(k("vocab_size", 0) or 0) or (len(tokens) if tokens is not None else 0)
+    if tokens is not None and not (isinstance(tokens, list) and all(isinstance(t, (str, GGUFString)) for t in tokens)
+                                   or isinstance(tokens, GGUFArray) and tokens.item_type == GGUFValueType.STRING):
+        raise keys.bad("tokenizer.ggml.tokens", tokens, "an array of strings is required")
+    n_vocab = keys.int("vocab_size", 0) or (len(tokens) if tokens is not None else 0)
     emb = f.tensor("token_embd.weight")
     if not n_vocab and emb is not None and len(emb.shape) > 1:
         n_vocab = emb.shape[1]
 
     h0 = n_head[0]
-    head_k = int(k("attention.key_length", n_embd // h0 if h0 else 0))
-    head_v = int(k("attention.value_length", n_embd // h0 if h0 else 0))
+    head_k = keys.int("attention.key_length", n_embd // h0 if h0 else 0)
+    head_v = keys.int("attention.value_length", n_embd // h0 if h0 else 0)
     if not h0:
         head_k = head_v = 0
-    head_k_swa = int(k("attention.key_length_swa", head_k))
-    head_v_swa = int(k("attention.value_length_swa", head_v))
+    head_k_swa = keys.int("attention.key_length_swa", head_k)
+    head_v_swa = keys.int("attention.value_length_swa", head_v)
 
     # --- sliding window (load_swa_pattern, llama-model.cpp; set_swa_pattern, llama-hparams.cpp) ---
-    window = k("attention.sliding_window")
+    window = keys.int("attention.sliding_window", 0) if k("attention.sliding_window") is not None else None
     swa_type, n_swa = "none", 0
     is_swa = [False] * n_layer
     if rule.swa in ("standard", "chunked") or (rule.swa == "if_window" and window):
         swa_type = "chunked" if rule.swa == "chunked" else "standard"
-        n_swa = int(window) if window else rule.n_swa
+        n_swa = window if window else rule.n_swa
         if rule.swa == "chunked" and window == 0:
             swa_type, n_swa = "none", 0
         pattern = k("attention.sliding_window_pattern")
         if swa_type != "none":
-            if isinstance(pattern, list):
-                if len(pattern) < n_layer:
-                    raise UnsupportedModel(f"{f.path}: sliding_window_pattern has {len(pattern)} entries")
-                is_swa = [bool(v) for v in pattern[:n_layer]]
+            key = f"{arch}.attention.sliding_window_pattern"
+            if isinstance(pattern, (list, GGUFArray)):
+                if not n_layer <= len(pattern) <= MAX_LAYERS:
+                    raise keys.bad(key, pattern, f"{_kind(pattern)} for {n_layer} layers")
+                is_swa = [bool(keys.check_int(key, int(v) if isinstance(v, bool) else v, 0, U32))
+                          for v in pattern[:n_layer]]
             else:
-                period = int(pattern) if pattern is not None else rule.period
+                period = keys.int("attention.sliding_window_pattern", rule.period)
                 main = n_layer - n_nextn
                 for il in range(main):
                     if rule.dense_first:
@@ -259,6 +331,9 @@ def spec_from_gguf(f: GGUFFile) -> ModelSpec:
                         is_swa[il] = period == 0 or il % period < period - 1
             if not any(is_swa):
                 swa_type, n_swa = "none", 0
+            elif n_swa <= 0:
+                raise UnsupportedModel(f"{f.path}: missing or zero {arch}.attention.sliding_window for a "
+                                       "sliding-window model")
 
     # --- recurrent layers ---
     is_recr = [False] * n_layer
@@ -267,30 +342,29 @@ def spec_from_gguf(f: GGUFFile) -> ModelSpec:
     elif rule.recurrent == "head_kv0":
         is_recr = [n_head_kv[il] == 0 for il in range(n_layer)]
     elif rule.recurrent == "interval":
-        arr = k("attention.recurrent_layers")
-        if isinstance(arr, list):
-            is_recr = [bool(v) for v in arr[:n_layer]]
+        if k("attention.recurrent_layers") is not None:
+            is_recr = [bool(v) for v in keys.per_layer("attention.recurrent_layers", n_layer, 0)]
         else:
-            interval = int(k("full_attention_interval", 4))
+            interval = keys.int("full_attention_interval", 4, 1)
             is_recr = [il < n_layer - n_nextn and (il + 1) % interval != 0 for il in range(n_layer)]
     n_embd_r = n_embd_s = 0
     if any(is_recr):
-        wkv = int(k("wkv.head_size", 0) or 0)
+        wkv = keys.int("wkv.head_size", 0)
         if wkv:
-            n_embd_r = int(k("token_shift_count", 2)) * n_embd
+            n_embd_r = keys.int("token_shift_count", 2) * n_embd
             n_embd_s = n_embd * wkv
         else:
-            d_conv = int(k("ssm.conv_kernel", 0) or 0)
-            d_inner = int(k("ssm.inner_size", 0) or 0)
-            d_state = int(k("ssm.state_size", 0) or 0)
-            n_group = int(k("ssm.group_count", 0) or 0)
+            d_conv = keys.int("ssm.conv_kernel", 0)
+            d_inner = keys.int("ssm.inner_size", 0)
+            d_state = keys.int("ssm.state_size", 0)
+            n_group = keys.int("ssm.group_count", 0)
             n_embd_r = (d_conv - 1 if d_conv > 0 else 0) * (d_inner + 2 * n_group * d_state)
             n_embd_s = d_state * d_inner
 
     # --- which layers own KV cells (has_kv + the NextN filter, llama-model.cpp create_memory) ---
     kv_from_start = rule.kv_from_start
     if arch == "gemma4":
-        kv_from_start = n_layer - int(k("attention.shared_kv_layers", 0) or 0)
+        kv_from_start = n_layer - keys.int("attention.shared_kv_layers", 0, 0, n_layer)
     has_kv = []
     for il in range(n_layer):
         ok = not is_recr[il] and (kv_from_start < 0 or il < kv_from_start)
@@ -298,22 +372,51 @@ def spec_from_gguf(f: GGUFFile) -> ModelSpec:
             ok = False
         has_kv.append(ok)
 
+    # --- attention that makes sense: the graph broadcasts K/V heads over query heads (ggml_mul_mat needs
+    # n_head % n_head_kv == 0); a layer with KV heads needs key and value widths. n_head_kv 0 on a KV layer is
+    # an attention-free layer (deci), fine. ---
+    if rule.recurrent != "all" and not any(n_head):
+        raise UnsupportedModel(f"{f.path}: missing or zero {arch}.attention.head_count for an attention model")
+    for il in range(n_layer):
+        hkv, h = n_head_kv[il], n_head[il]
+        if not has_kv[il] or not hkv:
+            continue
+        if hkv > h or h % hkv:
+            raise UnsupportedModel(f"{f.path}: bad {arch}.attention.head_count_kv {hkv} in layer {il}: "
+                                   f"must divide head_count {h}")
+        swa = "_swa" if is_swa[il] else ""
+        for what, width in (("key_length", head_k_swa if swa else head_k),
+                            ("value_length", head_v_swa if swa else head_v)):
+            if width <= 0:
+                raise UnsupportedModel(f"{f.path}: bad {arch}.attention.{what}{swa} 0: layer {il} has "
+                                       f"{hkv} KV heads")
+
     is_mla = k("attention.key_length_mla") is not None and k("attention.value_length_mla") is not None
-    n_expert = int(k("expert_count", 0) or 0)
-    used = k("expert_used_count", 0) or 0
-    n_expert_used = max(used) if isinstance(used, list) else int(used)
+    if is_mla:
+        keys.int("attention.key_length_mla", 0)
+        keys.int("attention.value_length_mla", 0)
+    n_expert = keys.int("expert_count", 0, 0, MAX_EXPERTS)
+    n_expert_used = max(keys.per_layer("expert_used_count", n_layer, 0))
+    if n_expert_used > n_expert or (n_expert and not n_expert_used):  # load_hparams asserts these
+        why = f"must be 1..{n_expert} (expert_count)" if n_expert else "the model has no experts (expert_count 0)"
+        raise UnsupportedModel(f"{f.path}: bad {arch}.expert_used_count {n_expert_used}: {why}")
     ff_exp = k("expert_feed_forward_length")
-    n_ff_exp = (max(ff_exp) if isinstance(ff_exp, list) else int(ff_exp)) if ff_exp else (max(n_ff) if n_expert else 0)
-    n_dense_lead = int(k("leading_dense_block_count", 0) or 0) if n_expert else n_layer
+    n_ff_exp = max(keys.per_layer("expert_feed_forward_length", n_layer, 0)) if ff_exp \
+        else (max(n_ff) if n_expert else 0)
+    n_dense_lead = keys.int("leading_dense_block_count", 0, 0, n_layer) if n_expert else n_layer
 
     tensor_layer = tuple(_classify(t.name, n_layer) for t in f.tensors)
+    beyond = next((t.name for t, li in zip(f.tensors, tensor_layer) if li >= n_layer and _BLK.match(t.name)), None)
+    if beyond is not None:
+        raise UnsupportedModel(f"{f.path}: tensor {clip(beyond)} is past the last block ({arch}.block_count is "
+                               f"{n_layer})")
     tied = f.tensor("output.weight") is None
-    n_ctx_train = int(k("context_length", 0) or 0)
-    if n_ctx_train <= 0:
+    if k("context_length") is None:
         raise UnsupportedModel(f"{f.path}: missing {arch}.context_length")
+    n_ctx_train = keys.int("context_length", 0, 1, MAX_CTX)
 
     return ModelSpec(
-        path=f.path, architecture=arch, name=str(md.get("general.name", "")), n_layer=n_layer,
+        path=f.path, architecture=arch, name=_text(md.get("general.name", "")), n_layer=n_layer,
         n_layer_nextn=n_nextn, n_ctx_train=n_ctx_train, n_embd=n_embd, n_vocab=n_vocab, n_head=n_head,
         n_head_kv=n_head_kv, n_ff=n_ff, head_k=head_k, head_v=head_v, head_k_swa=head_k_swa, head_v_swa=head_v_swa,
         swa_type=swa_type, n_swa=n_swa, is_swa=tuple(is_swa), has_kv=tuple(has_kv), is_recurrent=tuple(is_recr),

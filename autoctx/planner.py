@@ -137,6 +137,7 @@ class _Search:
             devices=tuple(Device(b.device, b.free_bytes) for b in self.gpus),
         )
         self.cache: dict[tuple, Estimate | None] = {}
+        self.weights: dict = {}  # memory.estimate's per-placement memo: the tensors are walked once per placement
 
     def params(self, ctx: int, kv: tuple[str, str], ngl: int) -> Params:
         fa = self.opts.flash_attn
@@ -149,7 +150,7 @@ class _Search:
         key = (ctx, kv, ngl)
         if key not in self.cache:
             try:
-                self.cache[key] = estimate(self.spec, self.params(ctx, kv, ngl))
+                self.cache[key] = estimate(self.spec, self.params(ctx, kv, ngl), self.weights)
             except AutoctxError:
                 self.cache[key] = None  # this KV type cannot be used with this model (width, MLA, FA)
         return self.cache[key]

@@ -6,6 +6,7 @@ file as a stand-alone module so the header reader stays fast, yet never retype l
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from types import ModuleType
@@ -35,6 +36,7 @@ GGUF_MAGIC: int = C.GGUF_MAGIC
 GGUF_DEFAULT_ALIGNMENT: int = C.GGUF_DEFAULT_ALIGNMENT
 
 
+@functools.lru_cache(maxsize=None)  # called per tensor per estimate: the enum lookup is slow
 def type_name(t: int) -> str:
     try:
         return GGMLType(t).name.lower()
@@ -42,6 +44,7 @@ def type_name(t: int) -> str:
         return f"type{t}"
 
 
+@functools.lru_cache(maxsize=None)
 def type_from_name(name: str) -> int:
     """'q8_0' -> GGMLType.Q8_0; raises ValueError on an unknown name."""
     try:
