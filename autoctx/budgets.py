@@ -7,6 +7,35 @@ from .planner import Budget, default_margin
 from .units import device_name, parse_size
 
 
+def budget_args(free: list[str], device: str, margin: str) -> tuple[dict[str, int], bool, int | None]:
+    """--free DEVICE=SIZE (each device once), --device cpu and --margin SIZE, checked before anything is probed or
+    asked: (free bytes per device, cpu only, the margin or None for the default). Errors name the flag."""
+    def size(flag: str, text: str) -> int:
+        try:
+            return parse_size(text)
+        except ArgsError as e:
+            raise ArgsError(f"{flag}: {e}") from None
+
+    fixed_margin = size("--margin", margin) if margin else None
+    given: dict[str, int] = {}
+    for item in free:
+        name, eq, text = item.partition("=")
+        if not eq:
+            raise ArgsError(f"--free expects DEVICE=SIZE, got {item!r}")
+        if "," in item:
+            raise ArgsError(f"--free takes one DEVICE=SIZE, got {item!r}: repeat --free for each device")
+        try:
+            dev = device_name(name)
+        except ArgsError as e:
+            raise ArgsError(f"--free: {e}") from None
+        if dev in given:
+            raise ArgsError(f"--free names {dev} twice (one --free DEVICE=SIZE per device)")
+        given[dev] = size("--free", text)
+    if device and device.strip().lower() != "cpu":
+        raise ArgsError(f"--device accepts only cpu, got {device!r} (GPUs come from the probe or --free)")
+    return given, bool(device), fixed_margin
+
+
 def budgets_from(free: list[str], device: str, margin: str, describe: bool = False, warn=None, listed=None):
     """Budgets per device from --free DEVICE=SIZE, --device cpu and --margin, else from the probe.
 
@@ -14,16 +43,7 @@ def budgets_from(free: list[str], device: str, margin: str, describe: bool = Fal
     GPUs take (a Vulkan build's Vulkan0, CUDA's fastest-first order). With `describe`, also the devices'
     description and driver (the profile key's machine part)."""
 
-    fixed_margin = parse_size(margin) if margin else None
-    given: dict[str, int] = {}
-    for item in free:
-        name, eq, size = item.partition("=")
-        if not eq:
-            raise ArgsError(f"--free expects DEVICE=SIZE, got {item!r}")
-        given[device_name(name)] = parse_size(size)
-    if device and device_name(device) != "CPU":
-        raise ArgsError("--device accepts only cpu (GPUs come from the probe or --free)")
-    cpu_only = bool(device)
+    given, cpu_only, fixed_margin = budget_args(free, device, margin)
     probed = None
     if given:
         if cpu_only:

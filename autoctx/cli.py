@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import AutoctxError, Terminated
+from .errors import ArgsError, AutoctxError, Terminated
 
 app = typer.Typer(
     add_completion=True,  # autoctx --install-completion [bash|zsh|fish|powershell]
@@ -35,6 +35,44 @@ def _mib(n: int) -> str:
     return f"{n / 1048576:,.2f}"
 
 
+CTX_LIMIT = 2**32 - 1  # llama.cpp's n_ctx is a uint32_t
+MAX_SLOTS = 256  # llama.cpp's LLAMA_MAX_SEQ (src/llama-cparams.h): more sequences are refused when the context is made
+PLAN_BATCH = 2048  # the -b of every plan (PlanOptions.n_batch); llama.cpp lowers a larger -ub to it
+
+
+def _in_range(flag: str, value: int, lo: int, hi: int, note: str = "") -> None:
+    """An integer option out of its range: one line that names the flag, the range and the value."""
+    if not lo <= value <= hi:
+        raise ArgsError(f"{flag} must be between {lo} and {hi}{note}, got {value}")
+
+
+def _seconds(flag: str, value: float) -> float:
+    """A wait in seconds: above 0 and finite (nan and inf included in what is refused)."""
+    if not 0 < value < float("inf"):
+        raise ArgsError(f"{flag} must be a number of seconds above 0, got {value:g}")
+    return value
+
+
+def _context_flags(max_ctx: int, min_ctx: int) -> None:
+    """--max-ctx (0: the model's trained context) and --min-ctx, as every planning command takes them."""
+    _in_range("--max-ctx", max_ctx, 0, CTX_LIMIT, " (0: the model's trained context)")
+    _in_range("--min-ctx", min_ctx, 1, CTX_LIMIT)
+    if max_ctx and min_ctx > max_ctx:
+        raise ArgsError(f"--min-ctx {min_ctx} is above --max-ctx {max_ctx}")
+
+
+def _kv_list(flag: str, text: str, runtime: str = "llamacpp") -> tuple[tuple[str, str], ...]:
+    """--kv-types: a comma-separated list of TYPE or K/V, at least one; Ollama's need K = V."""
+    kinds = tuple(_kv_pair(t, flag) for t in text.split(",") if t.strip())
+    if not kinds:
+        raise ArgsError(f"{flag} is empty (e.g. {flag} f16,q8_0,q8_0/q4_0,q4_0)")
+    if runtime == "ollama":  # one server-wide type for K and V (OLLAMA_KV_CACHE_TYPE)
+        kinds = tuple(k for k in kinds if k[0] == k[1])
+        if not kinds:
+            raise ArgsError(f"{flag} {text!r}: Ollama uses one type for K and V; give at least one such type")
+    return kinds
+
+
 def _estimate(model: str, server_args: Optional[List[str]], devices: str = ""):
     """Parse llama-server arguments, read the model, predict. Returns (Estimate, ParsedArgs)."""
     from .memory import Device, estimate as run_estimate
@@ -46,7 +84,7 @@ def _estimate(model: str, server_args: Optional[List[str]], devices: str = ""):
         _warn("not modelled (passed through as they are): " + " ".join(dict.fromkeys(parsed.ignored)))
     params = parsed.params
     if devices:
-        params = with_devices(params, [Device(d.strip()) for d in devices.split(",") if d.strip()])
+        params = with_devices(params, [Device(_gpu_name("--devices", d)) for d in devices.split(",") if d.strip()])
     est = run_estimate(load_spec(parsed.model or model), params)
     for note in est.notes:
         _warn(note)
@@ -87,6 +125,7 @@ def check(
     from .runtimes.llamacpp.server import ServerError, find_llama_server, last_lines, measure_allocation
     from .verify import compare, format_rows
 
+    _seconds("--timeout", timeout)
     argv = list(server_args or [])
     est, parsed = _estimate(model, argv)
     binary = find_llama_server(llama_server or None)
@@ -162,16 +201,22 @@ def plan(
     from .report import plan_table, settings, svg_chart, text_chart
 
     if runtime not in ("llamacpp", "ollama"):
-        raise typer.BadParameter("--runtime must be llamacpp or ollama")
+        raise ArgsError(f"--runtime must be llamacpp or ollama, got {runtime!r}")
     if emit not in ("", "args", "modelfile"):
-        raise typer.BadParameter("--emit must be args or modelfile")
+        raise ArgsError(f"--emit must be args or modelfile, got {emit!r}")
+    _context_flags(max_ctx, min_ctx)
+    _in_range("--parallel", parallel, 1, MAX_SLOTS)
+    _in_range("--ubatch", ubatch, 1, PLAN_BATCH, f" (the plan's batch size, -b {PLAN_BATCH})")
+    kinds = _kv_list("--kv-types", kv_types, runtime)
+    forced = _kv_pair(kv_type, "--kv-type") if kv_type else None
+    if forced and runtime == "ollama" and forced[0] != forced[1]:
+        raise ArgsError(f"--kv-type {kv_type}: Ollama uses one type for K and V")
+    if chart:
+        _chart_mode(chart)  # a bad --chart is said before the plan is made
     budgets = budgets_from(free or [], device, margin, warn=_warn)
-    kinds = [_kv_pair(t) for t in kv_types.split(",") if t.strip()]
-    if runtime == "ollama":  # one server-wide type for K and V (OLLAMA_KV_CACHE_TYPE)
-        kinds = [k for k in kinds if k[0] == k[1]]
-    opts = PlanOptions(runtime=runtime, max_ctx=max_ctx or None, min_ctx=min_ctx, kv_order=tuple(kinds),
-                       kv_forced=_kv_pair(kv_type) if kv_type else None, n_parallel=max(1, parallel),
-                       n_ubatch=ubatch, repack=not no_repack, cpu_repack=host_repack_rules())
+    opts = PlanOptions(runtime=runtime, max_ctx=max_ctx or None, min_ctx=min_ctx, kv_order=kinds,
+                       kv_forced=forced, n_parallel=parallel, n_ubatch=ubatch, repack=not no_repack,
+                       cpu_repack=host_repack_rules())
     from .resolve import resolve
 
     spec = resolve(model)
@@ -232,24 +277,29 @@ def serve(
     """
     import os
 
-    from .budgets import budgets_from
-    from .errors import AutoctxError
+    from .budgets import budget_args, budgets_from
     from .planner import PlanOptions
     from .probe.cpu import host_repack_rules
     from .profiles import ProfileStore
     from .report import settings
     from .resolve import resolve
+    from .runtimes.llamacpp.args import parse_server_args
     from .runtimes.llamacpp.build import read_build
     from .runtimes.llamacpp.server import find_llama_server
     from .serve import probe_after_load, serve_llamacpp
     from .verify import format_rows
 
+    budget_args(free or [], device, margin)  # the command line is checked before anything is started
+    _context_flags(max_ctx, min_ctx)
+    _in_range("--max-tries", max_tries, 1, 100)
+    _seconds("--timeout", timeout)
+    kinds = _kv_list("--kv-types", kv_types)
+    parse_server_args(list(server_args or []))  # llama-server's arguments too
     binary = find_llama_server(llama_server or None)
     build = read_build(binary)  # its release (vs the one autoctx mirrors) and its devices, in its names and order
     if build.difference():
         _warn(build.difference())
     budgets, desc, driver = budgets_from(free or [], device, margin, describe=True, warn=_warn, listed=build.devices)
-    kinds = tuple(_kv_pair(t) for t in kv_types.split(",") if t.strip())
     opts = PlanOptions(max_ctx=max_ctx or None, min_ctx=min_ctx, kv_order=kinds, cpu_repack=host_repack_rules())
     say = (lambda m: print(f"autoctx: {m}", file=sys.stderr))
     spec = resolve(model, pulled_only=True)
@@ -320,10 +370,14 @@ def run(
     from .runtimes.ollama.server import ollama_host
     from .runtimes.ollama.store import parse_name
 
+    from .budgets import budget_args
+
     say = (lambda m: print(f"autoctx: {m}", file=sys.stderr))
     parse_name(model)  # a path or a `..` name is refused before anything is opened
     if name:
         parse_name(name)
+    budget_args(free or [], device, margin)  # the command line is checked before the server is asked
+    _context_flags(max_ctx, min_ctx)
     seconds = load_timeout(timeout)
     if start_server and not dry_run:
         ensure_server(model, free, device, margin, max_ctx, min_ctx, say)
@@ -391,8 +445,13 @@ def modelfile(
     min_ctx: int = typer.Option(4096, "--min-ctx", help="smallest acceptable context"),
 ) -> None:
     """Print the Modelfile `autoctx run` would create, planned for the Ollama server's real settings."""
+    from .budgets import budget_args
     from .runtimes.ollama.flow import ollama_plan
+    from .runtimes.ollama.store import parse_name
 
+    parse_name(model)
+    budget_args(free or [], device, margin)  # the command line is checked before the server is asked
+    _context_flags(max_ctx, min_ctx)
     _, spec, p = ollama_plan(model, free, device, margin, max_ctx, min_ctx,
                               lambda m: print(f"autoctx: {m}", file=sys.stderr))
     print(p.modelfile(from_=spec.name), end="")
@@ -486,28 +545,42 @@ def _quote(a: str) -> str:
     return shlex.quote(a)
 
 
-def _kv_pair(text: str) -> tuple[str, str]:
-    from .errors import ArgsError
+def _kv_pair(text: str, flag: str = "--kv-type") -> tuple[str, str]:
+    """TYPE (K and V) or K/V, e.g. q8_0 or q8_0/q4_0."""
     from .memory import KV_TYPES
 
-    k, _, v = text.strip().lower().partition("/")
-    v = v or k
-    for t in (k, v):
+    parts = [t.strip() for t in text.strip().lower().split("/")]
+    if len(parts) > 2 or "" in parts:
+        raise ArgsError(f"{flag}: {text!r} is not a KV cache type nor K/V (e.g. q8_0 or q8_0/q4_0)")
+    for t in parts:
         if t not in KV_TYPES:
-            raise ArgsError(f"unknown KV cache type {t!r} (allowed: {', '.join(KV_TYPES)})")
-    return k, v
+            raise ArgsError(f"{flag}: unknown KV cache type {t!r} (allowed: {', '.join(KV_TYPES)})")
+    return parts[0], parts[-1]
 
 
-def _write_chart(path: str, p, svg_chart) -> None:
-    """Write the chart to a new temporary file in PATH's folder (mkstemp: O_EXCL, so no planted name such as
-    PATH.tmp is ever opened) and rename it over PATH. A symbolic link at PATH itself is refused, never followed."""
+def _gpu_name(flag: str, text: str) -> str:
+    """A GPU as llama.cpp names it (CUDA0, ROCm1, Vulkan0)."""
+    from .units import device_name
+
+    try:
+        name = device_name(text)
+    except ArgsError as e:
+        raise ArgsError(f"{flag}: {e}") from None
+    if name == "CPU":
+        raise ArgsError(f"{flag} lists GPUs only (the CPU is always there)")
+    return name
+
+
+def _chart_mode(path: str) -> int:
+    """--chart checked before anything is planned or written: a .svg or .png name, not a symbolic link, nothing but
+    a regular file there now. Returns the mode the chart gets (the old file's, else 0666 less the umask)."""
     import os
-    import tempfile
+    import stat
 
-    from .errors import ArgsError, AutoctxError
+    from .errors import AutoctxError
 
     if not path.endswith((".svg", ".png")):
-        raise ArgsError("--chart must end in .svg or .png")
+        raise ArgsError(f"--chart must end in .svg or .png, got {path!r}")
     if path.endswith(".png"):
         try:
             import matplotlib  # noqa: F401
@@ -517,13 +590,28 @@ def _write_chart(path: str, p, svg_chart) -> None:
         raise ArgsError(f"--chart {path} is a symbolic link; autoctx does not write through links (remove it or give "
                         "the path it points to)")
     try:
-        mode = os.stat(path).st_mode & 0o7777
+        st = os.stat(path)
     except FileNotFoundError:
         mask = os.umask(0)
         os.umask(mask)
-        mode = 0o666 & ~mask
+        return 0o666 & ~mask
     except OSError as e:
         raise AutoctxError(f"cannot write --chart {path}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise ArgsError(f"--chart {path} is {what}; autoctx replaces only a regular file")
+    return st.st_mode & 0o7777
+
+
+def _write_chart(path: str, p, svg_chart) -> None:
+    """Write the chart to a new temporary file in PATH's folder (mkstemp: O_EXCL, so no planted name such as
+    PATH.tmp is ever opened) and rename it over PATH. A symbolic link at PATH itself is refused, never followed."""
+    import os
+    import tempfile
+
+    from .errors import AutoctxError
+
+    mode = _chart_mode(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=path[-4:],
                                    dir=os.path.dirname(os.path.abspath(path)))
@@ -582,6 +670,13 @@ def print_estimate_table(est) -> None:
     print(f"{'total':<10}" + "".join(f"{_mib(est.kind_bytes(k)):>12}" for k in kinds) + f"{_mib(est.total_bytes):>12}")
 
 
+def _error_line(msg: str) -> str:
+    """`autoctx: error: MSG` on one line: line breaks and other unprintable characters (a path or a name the user
+    typed) are shown escaped. A server's log tail, after "last lines:", is the one part kept on lines of its own."""
+    head, sep, tail = msg.partition("last lines:\n")
+    return "autoctx: error: " + "".join(c if c.isprintable() else repr(c)[1:-1] for c in head) + sep + tail
+
+
 def _raise_terminated(signum, _frame) -> None:
     raise Terminated(signum)
 
@@ -595,10 +690,10 @@ def main() -> None:
     except Terminated as e:
         sys.exit(e.exit_code)
     except AutoctxError as e:
-        print(f"autoctx: error: {e}", file=sys.stderr)
+        print(_error_line(str(e)), file=sys.stderr)
         sys.exit(e.exit_code)
     except (ValueError, OSError) as e:  # GGUFError is a ValueError
-        print(f"autoctx: error: {e}", file=sys.stderr)
+        print(_error_line(str(e)), file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -610,7 +705,7 @@ def main() -> None:
         if isinstance(e, click.exceptions.Exit):
             sys.exit(e.exit_code)
         if isinstance(e, click.ClickException):
-            print(f"autoctx: error: {e.format_message()}", file=sys.stderr)
+            print(_error_line(e.format_message()), file=sys.stderr)
             sys.exit(e.exit_code)
         if isinstance(e, click.exceptions.Abort):
             sys.exit(1)

@@ -41,12 +41,18 @@ def _curves(p: Plan) -> dict[str, list[tuple[int, int]]]:
     return curves
 
 
+def _top(budget: int, curves: dict[str, list[tuple[int, int]]]) -> float:
+    """The chart's height in bytes: 5 % above the budget and every curve, and never 0 (a GPU given no more than
+    its margin, with no layer on it: every value is 0 or below)."""
+    return max([budget, 1024**2] + [y for c in curves.values() for _, y in c]) * 1.05
+
+
 def text_chart(p: Plan, width: int = 56, height: int = 10) -> str:
     """Memory on the tightest device against context, one letter per KV type; '=' the budget, '*' the plan."""
     curves = _curves(p)
     tight = p.tight_device()
     budget = tight.usable
-    top = max([budget] + [y for c in curves.values() for _, y in c]) * 1.05
+    top = _top(budget, curves)
     xmax = p.spec.n_ctx_train
     grid = [[" "] * width for _ in range(height)]
 
@@ -81,7 +87,7 @@ def svg_chart(p: Plan) -> str:
     curves = _curves(p)
     tight = p.tight_device()
     budget = tight.usable
-    top = max([budget] + [y for c in curves.values() for _, y in c]) * 1.05
+    top = _top(budget, curves)
     W, H, L, B = 640, 400, 70, 50
     xmax = p.spec.n_ctx_train
 

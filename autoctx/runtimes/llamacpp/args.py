@@ -41,6 +41,8 @@ _BY_SPELLING = {s: name for name, spellings in SPELLINGS.items() for s in spelli
 _TRUE = {"on", "enabled", "true", "1", "yes"}
 _FALSE = {"off", "disabled", "false", "0", "no"}
 _AUTO = {"auto", "-1"}  # common/arg.cpp is_autoy
+MAX_SEQ = 256  # src/llama-cparams.h LLAMA_MAX_SEQ: llama_context refuses more sequences (slots)
+INT_MAX = 2**31 - 1  # common/arg.cpp reads numbers with std::stoi: a C int
 
 
 @dataclass
@@ -54,9 +56,12 @@ class ParsedArgs:
 
 def _int(flag: str, value: str) -> int:
     try:
-        return int(value)
+        n = int(value)
     except ValueError:
         raise ArgsError(f"{flag} expects an integer, got {value!r}") from None
+    if not -INT_MAX - 1 <= n <= INT_MAX:
+        raise ArgsError(f"{flag} {value} is out of range (llama-server reads a 32-bit integer)")
+    return n
 
 
 def _onoff(flag: str, value: str, allow_auto: bool = False) -> str:
@@ -135,6 +140,8 @@ def parse_server_args(argv: list[str], base: Params | None = None) -> ParsedArgs
             n = _int(flag, value)
             if n == 0:
                 raise ArgsError(f"{flag} must be a positive number of slots, or -1 for auto")
+            if n > MAX_SEQ:
+                raise ArgsError(f"{flag} {n}: llama.cpp runs at most {MAX_SEQ} slots (LLAMA_MAX_SEQ)")
             p = replace(p, n_parallel=max(n, -1))  # server.cpp: any negative value means auto
         elif name == "ub":
             n = _int(flag, value)
@@ -172,9 +179,12 @@ def parse_server_args(argv: list[str], base: Params | None = None) -> ParsedArgs
             p = replace(p, offload_kqv=True)
         elif name == "ts":
             try:
-                p = replace(p, tensor_split=tuple(float(x) for x in value.replace("/", ",").split(",") if x))
+                split = tuple(float(x) for x in value.replace("/", ",").split(",") if x)
             except ValueError:
                 raise ArgsError(f"{flag} expects comma-separated numbers, got {value!r}") from None
+            if not all(0 <= x < float("inf") for x in split):  # nan fails too
+                raise ArgsError(f"{flag} expects proportions (numbers >= 0), got {value!r}")
+            p = replace(p, tensor_split=split)
         elif name == "embedding":
             p = replace(p, embeddings=True)
         elif name == "model":

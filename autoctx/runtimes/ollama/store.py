@@ -8,9 +8,11 @@ mediaType application/vnd.ollama.image.model is the GGUF.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +107,15 @@ def check_manifest(manifest: object, where: str) -> dict:
     return manifest
 
 
+def _read_regular(path: Path) -> str:
+    """A manifest's text. Opened without blocking and checked to be a regular file, so that a FIFO planted in the
+    store is refused (OSError) instead of waiting forever for a writer."""
+    with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return fh.read().decode("utf-8", errors="replace")
+
+
 def blob_path(root: Path, digest: str) -> Path:
     """blobs/sha256-<hex> for a checked digest."""
     if not DIGEST.fullmatch(digest):
@@ -135,7 +146,7 @@ def find_model(name: str, env: dict[str, str] | None = None) -> StoredModel:
     for root in roots:
         mpath = root / "manifests" / mn.host / mn.namespace / mn.model / mn.tag
         try:
-            raw = mpath.read_text(encoding="utf-8", errors="replace")
+            raw = _read_regular(mpath)
         except FileNotFoundError:
             continue
         except OSError as e:
