@@ -85,7 +85,11 @@ def _estimate(model: str, server_args: Optional[List[str]], devices: str = ""):
     params = parsed.params
     if devices:
         params = with_devices(params, [Device(_gpu_name("--devices", d)) for d in devices.split(",") if d.strip()])
-    est = run_estimate(load_spec(parsed.model or model), params)
+    path = parsed.model or model
+    if _ollama_name_not_file(path):
+        raise AutoctxError(f"{path}: no such file; estimate and check read a GGUF file (plan, serve, run and modelfile "
+                           "also take Ollama model names)")
+    est = run_estimate(load_spec(path), params)
     for note in est.notes:
         _warn(note)
     return est, parsed
@@ -556,6 +560,21 @@ def _kv_pair(text: str, flag: str = "--kv-type") -> tuple[str, str]:
         if t not in KV_TYPES:
             raise ArgsError(f"{flag}: unknown KV cache type {t!r} (allowed: {', '.join(KV_TYPES)})")
     return parts[0], parts[-1]
+
+
+def _ollama_name_not_file(text: str) -> bool:
+    """TEXT names no file but reads as an Ollama model name (qwen2.5:32b), not as a path to a GGUF."""
+    import os
+
+    from .runtimes.ollama.store import BadModelName, parse_name
+
+    if os.path.lexists(text) or text.endswith(".gguf") or ":" not in text:
+        return False
+    try:
+        parse_name(text)
+    except BadModelName:
+        return False
+    return True
 
 
 def _gpu_name(flag: str, text: str) -> str:

@@ -365,6 +365,8 @@ EXACT = {  # case id -> (exit status, the whole of stderr); {S} is the shared sa
     "estimate-args-24": (2, E + "-np 257: llama.cpp runs at most 256 slots (LLAMA_MAX_SEQ)"),
     "estimate-args-21": (2, E + "-ts expects proportions (numbers >= 0), got '-1,2'"),
     "serve-args-4": (2, E + "-fa expects on|off|auto, got 'maybe'"),  # before llama-server is asked anything
+    "estimate-store-dirblob": (1, E + "dirblob:latest: no such file; estimate and check read a GGUF file (plan, serve, "
+                                      "run and modelfile also take Ollama model names)"),
     "misc-aNLb": (2, E + "No such command 'a\\nb'."),  # a line break the user typed is shown escaped
     "plan-store-fifomanifest": (1, E + "fifomanifest:latest: the model store is not readable "
                                        "({S}/store/manifests/registry.ollama.ai/library/fifomanifest/latest: not a "
