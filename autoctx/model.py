@@ -195,10 +195,8 @@ def _kind(value: Any) -> str:
         return "a float"
     if isinstance(value, (str, GGUFString)):
         return "a string"
-    if isinstance(value, GGUFArray):
-        return f"an array of {value.count} entries"
-    if isinstance(value, list):
-        return f"an array of {len(value)} entries"
+    if isinstance(value, (list, GGUFArray)):
+        return f"an array of {len(value)} entr{'y' if len(value) == 1 else 'ies'}"
     return type(value).__name__
 
 

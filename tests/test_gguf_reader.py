@@ -7,7 +7,9 @@ patched from a good one), and each must raise GGUFError with a message that says
 from __future__ import annotations
 
 import math
+import os
 import struct
+import time
 from pathlib import Path
 
 import gguf
@@ -19,7 +21,9 @@ from autoctx.gguf import (
     GGMLType,
     GGUFArray,
     GGUFError,
+    GGUFString,
     TensorInfo,
+    clip,
     read_gguf,
     row_bytes,
     split_paths,
@@ -445,7 +449,43 @@ def test_missing_file(tmp_path: Path):
 
 
 def test_directory(tmp_path: Path):
-    assert "cannot open" in error_of(tmp_path)
+    assert error_of(tmp_path) == f"{tmp_path}: cannot open: a directory, not a regular file"
+
+
+def test_fifo_is_refused_without_blocking(tmp_path: Path):
+    """Opening a FIFO for reading blocks until a writer comes: the reader must refuse it before opening."""
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    t0 = time.monotonic()
+    assert error_of(fifo) == f"{fifo}: cannot open: a FIFO, not a regular file"
+    assert time.monotonic() - t0 < 5
+
+
+def test_character_device_is_refused():
+    """/dev/zero would read zeros for ever (and its size is 0)."""
+    assert error_of(Path("/dev/zero")) == "/dev/zero: cannot open: a character device, not a regular file"
+
+
+def test_socket_is_refused(tmp_path: Path):
+    import socket
+
+    path = tmp_path / "s.gguf"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+        assert error_of(path) == f"{path}: cannot open: a socket, not a regular file"
+
+
+def test_split_part_that_is_a_directory(tmp_path: Path):
+    parts = write_split(tmp_path)
+    parts[1].unlink()
+    parts[1].mkdir()
+    assert error_of(parts[0]) == f"{parts[1]}: cannot open: a directory, not a regular file"
+
+
+def test_symlink_to_a_model_is_read(std_file: Path, tmp_path: Path):
+    link = tmp_path / "link.gguf"
+    link.symlink_to(std_file)
+    assert read_gguf(link).tensors == read_gguf(std_file).tensors
 
 
 def test_empty_file(tmp_path: Path):
@@ -700,6 +740,187 @@ def test_reader_never_decodes_long_arrays(std_file: Path, monkeypatch):
     monkeypatch.setattr(reader_mod._Cursor, "skip_strings", spy)
     read_gguf(std_file)
     assert calls == [(N_LONG, "'tokenizer.ggml.tokens'")]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bounded work: whatever a header claims, reading it costs at most ~1 s and a few tens of MiB
+# ---------------------------------------------------------------------------------------------------------------
+
+MiB = 1 << 20
+
+
+def sparse(tmp_path: Path, raw: bytes, size: int, name: str = "big.gguf") -> Path:
+    """`raw`, then zeros (a sparse hole) up to `size` bytes: a file that holds whatever its header claims."""
+    p = write(tmp_path, raw, name)
+    os.truncate(p, size)
+    return p
+
+
+def refused_cheaply(path: Path, seconds: float = 1.0) -> str:
+    """The GGUFError message, checking that getting it took little time and allocated under 1 MiB."""
+    import tracemalloc
+
+    tracemalloc.start()
+    t0 = time.process_time()
+    try:
+        msg = error_of(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert time.process_time() - t0 < seconds
+    assert peak < MiB
+    assert "\n" not in msg and len(msg) < 300
+    return msg
+
+
+def test_tensor_name_of_63_bytes_is_read(tmp_path: Path):
+    raw = build([], [tinfo("n" * 63, (8,), int(QT.F32), 0)], data=b"\0" * 32)
+    assert read_gguf(write(tmp_path, raw)).tensors[0].name == "n" * 63
+
+
+def test_tensor_name_of_64_bytes_is_refused(tmp_path: Path):
+    """gguf.cpp: `name.length() >= GGML_MAX_NAME` (64) fails the file."""
+    raw = build([], [tinfo("ok", (8,), int(QT.F32), 0), tinfo("n" * 64, (8,), int(QT.F32), 32)], data=b"\0" * 64)
+    assert error_of(write(tmp_path, raw)).endswith("bad.gguf: tensor name 2 of 2 is 64 bytes long (GGML_MAX_NAME "
+                                                   "allows at most 63)")
+
+
+def test_half_gib_tensor_name_is_refused_before_it_is_read(tmp_path: Path):
+    """The file really holds 0.5 GiB after the length (sparse): the old reader copied and decoded all of it (6.7 GB
+    RSS) and put it in a multi-GB "one line" error."""
+    raw = build([], n_tensors=1, pad_to=1) + struct.pack("<Q", 1 << 29)
+    path = sparse(tmp_path, raw, len(raw) + (1 << 29) + 64)
+    assert refused_cheaply(path).endswith("big.gguf: tensor name 1 of 1 is 536870912 bytes long (GGML_MAX_NAME "
+                                          "allows at most 63)")
+
+
+def test_huge_claimed_key_is_refused_before_it_is_read(tmp_path: Path):
+    raw = build([], n_kv=1, pad_to=1) + struct.pack("<Q", 1 << 29)
+    path = sparse(tmp_path, raw, len(raw) + (1 << 29) + 64)
+    assert refused_cheaply(path).endswith("big.gguf: key 1 of 1 is 536870912 bytes long (autoctx reads keys of at "
+                                          "most 1023)")
+
+
+def test_long_string_value_is_left_in_the_file(tmp_path: Path):
+    """A string over MAX_STRING (1 MiB) is skipped, not decoded: a GGUFString says where it is."""
+    text = b"0123456789abcdef" * (reader_mod.MAX_STRING // 16 + 1)
+    raw = build([kv("general.name", VT.STRING, s(text)), kv("after", VT.UINT8, b"\7")])
+    path = write(tmp_path, raw)
+    f = read_gguf(path)
+    name = f.metadata["general.name"]
+    assert isinstance(name, GGUFString)
+    assert (name.length, len(name), str(name)) == (len(text), len(text), f"<string of {len(text)} bytes>")
+    assert path.read_bytes()[name.offset : name.offset + name.length] == text
+    assert f.metadata["after"] == 7
+    longest = text[: reader_mod.MAX_STRING]  # exactly 1 MiB: still decoded
+    exact = build([kv("general.name", VT.STRING, s(longest))])
+    assert read_gguf(write(tmp_path, exact, "exact.gguf")).metadata["general.name"] == longest.decode()
+
+
+def test_huge_claimed_string_value_is_skipped(tmp_path: Path):
+    raw = build([], n_kv=2, pad_to=1) + s("k") + struct.pack("<IQ", int(VT.STRING), 100 * MiB)
+    tail = s("after") + struct.pack("<I", int(VT.UINT8)) + b"\7"
+    path = sparse(tmp_path, raw, len(raw) + 100 * MiB)
+    with open(path, "r+b") as fh:
+        fh.seek(len(raw) + 100 * MiB)
+        fh.write(tail + b"\0" * 32)
+    import tracemalloc
+
+    tracemalloc.start()
+    f = read_gguf(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < MiB
+    assert (str(f.metadata["k"]), f.metadata["after"]) == (f"<string of {100 * MiB} bytes>", 7)
+
+
+def test_header_past_128_mib_is_refused(tmp_path: Path):
+    """A header may not span more than MAX_HEADER (128 MiB) of the file: the rest is never mapped or read."""
+    raw = build([], n_kv=2, pad_to=1) + s("k") + struct.pack("<IQ", int(VT.STRING), 200 * MiB)
+    path = sparse(tmp_path, raw, len(raw) + 300 * MiB)
+    assert refused_cheaply(path).endswith(f"big.gguf: the header runs past 128 MiB at 'k' (offset {len(raw)}): "
+                                          "more than autoctx reads")
+
+
+def test_decoded_text_is_bounded(tmp_path: Path):
+    """Strings of 1 MiB each are decoded, up to 16 MiB of keys and strings in all."""
+    one = s(b"x" * reader_mod.MAX_STRING)
+    raw = build([kv(f"k{i}", VT.STRING, one) for i in range(17)])
+    msg = error_of(write(tmp_path, raw))
+    assert msg.endswith("bad.gguf: more than 16 MiB of keys and strings to decode (at 'k15'): more than autoctx "
+                        "reads")
+
+
+def test_string_array_elements_are_bounded(tmp_path: Path):
+    """A string array is walked one length at a time: 2**22 elements at most (a real tokenizer + merges: ~500k).
+    Refused before walking, in a file that holds them all (empty strings, a sparse hole)."""
+    n = reader_mod.MAX_ITEMS + 1
+    raw = build([], n_kv=1, pad_to=1) + s("tokenizer.ggml.merges") + struct.pack("<IIQ", int(VT.ARRAY),
+                                                                                   int(VT.STRING), n)
+    path = sparse(tmp_path, raw, len(raw) + 8 * n + 64)
+    assert refused_cheaply(path, 0.5).endswith(f"big.gguf: array 'tokenizer.ggml.merges' of {n} elements goes past "
+                                               "the 4194304 array elements autoctx reads one by one in a header")
+
+
+def test_string_array_budget_is_shared_by_all_arrays(tmp_path: Path):
+    half = reader_mod.MAX_ITEMS // 2 + 1
+    arr = struct.pack("<IQ", int(VT.STRING), half) + struct.pack("<Q", 0) * half
+    raw = build([kv("a", VT.ARRAY, arr), kv("b", VT.ARRAY, arr)])
+    assert error_of(write(tmp_path, raw)).endswith(f"array 'b' of {half} elements goes past the 4194304 array "
+                                                   "elements autoctx reads one by one in a header")
+
+
+@pytest.mark.parametrize("n_tensors,n_kv", [(reader_mod.MAX_TENSORS + 1, 0), (0, reader_mod.MAX_KEYS + 1)])
+def test_key_and_tensor_counts_are_bounded(tmp_path: Path, n_tensors, n_kv):
+    raw = build([], n_tensors=n_tensors, n_kv=n_kv, pad_to=1)
+    path = sparse(tmp_path, raw, 64 * MiB)
+    assert refused_cheaply(path).endswith(f"big.gguf: {n_tensors} tensors and {n_kv} keys: more than autoctx reads "
+                                          "(16384 tensors, 65536 keys)")
+
+
+def test_split_parts_share_the_tensor_bound(tmp_path: Path, monkeypatch):
+    parts = write_split(tmp_path)
+    monkeypatch.setattr(reader_mod, "MAX_TENSORS", 4)  # 3 tensors in part 1, 2 in part 2
+    assert error_of(parts[0]) == f"{parts[1]}: the parts hold more than 4 tensors: more than autoctx reads"
+
+
+def test_split_count_of_99999_parts_is_cheap(tmp_path: Path):
+    path = write(tmp_path, build([kv("x", VT.UINT8, b"\1")]), "m-00001-of-99999.gguf")
+    t0 = time.process_time()
+    assert error_of(path).endswith("m-00001-of-99999.gguf: file name says 99999 parts but split.count is 1")
+    assert time.process_time() - t0 < 0.5
+
+
+@pytest.mark.parametrize("key,vtype,payload,shown", [
+    ("split.count", VT.STRING, s("2"), "'2'"),
+    ("split.count", VT.FLOAT32, struct.pack("<f", 2.0), "2.0"),
+    ("split.count", VT.BOOL, b"\1", "True"),
+    ("split.tensors.count", VT.ARRAY, struct.pack("<IQ", int(VT.INT32), 2) + struct.pack("<ii", 1, 2), "[1, 2]"),
+])
+def test_split_keys_must_be_integers(tmp_path: Path, key, vtype, payload, shown):
+    raw = build([kv(key, vtype, payload)])
+    assert error_of(write(tmp_path, raw)).endswith(f"bad.gguf: {key} must be an integer, not {shown}")
+
+
+def test_messages_quote_keys_and_names_on_one_short_line(tmp_path: Path):
+    raw = build([kv("a\nb" + "k" * 200, 99, b"\0" * 8)])
+    msg = error_of(write(tmp_path, raw))
+    assert msg.endswith("bad.gguf: key 'a\\nb" + "k" * 74 + "\u2026 has an unknown value type 99")
+
+
+@pytest.mark.parametrize("value,shown", [
+    ("abc", "'abc'"),
+    ("a\nb\x00", "'a\\nb\\x00'"),
+    ("x" * 100, "'" + "x" * 78 + "\u2026"),
+    (12, "12"),
+    ([1, 2], "[1, 2]"),
+    (list(range(100)), repr(list(range(100)))[:79] + "\u2026"),
+    (GGUFArray(int(VT.STRING), 262144, 100, "p"), "<array of 262144>"),
+    (GGUFString(5 << 20, 100, "p"), "<string of 5242880 bytes>"),
+])
+def test_clip(value, shown):
+    assert clip(value) == shown
+    assert len(clip(value)) <= 80
 
 
 # ---------------------------------------------------------------------------------------------------------------

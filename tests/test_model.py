@@ -97,3 +97,154 @@ def test_hybrid_recurrent_layers_have_no_kv(tmp_path):
 def test_unknown_architecture_is_named(tmp_path):
     with pytest.raises(UnsupportedModel, match="architecture 'frobnet' is not supported"):
         load_spec(_write(tmp_path, "frobnet", {}))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Untrusted headers: every hyperparameter autoctx reads is typed and range-checked where it is read; a bad one is
+# one UnsupportedModel line naming the key and the file. Headers here are in memory (GGUFFile), as the reader
+# returns them: ints, floats, strings, bools, lists, and lazy GGUFArray/GGUFString values.
+# ---------------------------------------------------------------------------------------------------------------
+
+from autoctx.gguf import GGUFArray, GGUFFile, GGUFString, TensorInfo  # noqa: E402
+from autoctx.model import spec_from_gguf  # noqa: E402
+
+BASE = {"block_count": 4, "context_length": 8192, "embedding_length": 256, "attention.head_count": 4}
+
+
+def spec_of_header(arch: str = "llama", tensors: tuple = (), **keys):
+    """ModelSpec of a header with BASE plus `keys` (suffixes after the arch, '.' as '__'; None removes a key)."""
+    md = {"general.architecture": arch}
+    for suffix, value in {**BASE, **{k.replace("__", "."): v for k, v in keys.items()}}.items():
+        if value is not None:
+            md[suffix if suffix.startswith(("general.", "tokenizer.")) else f"{arch}.{suffix}"] = value
+    return spec_from_gguf(GGUFFile(["m.gguf"], 3, "<", md, list(tensors), 32, [0], [1 << 40]))
+
+
+def refusal(arch: str = "llama", tensors: tuple = (), **keys) -> str:
+    with pytest.raises(UnsupportedModel) as exc:
+        spec_of_header(arch, tensors, **keys)
+    return str(exc.value)
+
+
+STR_ARRAY = int(gguf.GGUFValueType.STRING)
+
+
+@pytest.mark.parametrize("arch,keys,message", [
+    # types: an integer key given as anything else
+    ("llama", {"block_count": "4"}, "bad llama.block_count '4': an integer is required, not a string"),
+    ("llama", {"block_count": 4.0}, "bad llama.block_count 4.0: an integer is required, not a float"),
+    ("llama", {"block_count": True}, "bad llama.block_count True: an integer is required, not a bool"),
+    ("llama", {"block_count": [4]}, "bad llama.block_count [4]: an integer is required, not an array of 1 entry"),
+    ("llama", {"embedding_length": GGUFArray(5, 5000, 0, "m.gguf")},
+     "bad llama.embedding_length <array of 5000>: an integer is required, not an array of 5000 entries"),
+    ("llama", {"attention__key_length": GGUFString(2 << 20, 0, "m.gguf")},
+     "bad llama.attention.key_length <string of 2097152 bytes>: an integer is required, not a string"),
+    ("llama", {"attention__head_count": ["4", "4", "4", "4"]},
+     "bad llama.attention.head_count '4': an integer is required, not a string"),
+    ("llama", {"general.architecture": 5}, "bad general.architecture 5: a string is required, not an integer"),
+    ("llama", {"tokenizer.ggml.tokens": -1}, "bad tokenizer.ggml.tokens -1: an array of strings is required"),
+    ("llama", {"tokenizer.ggml.tokens": [1, 2]}, "bad tokenizer.ggml.tokens [1, 2]: an array of strings is required"),
+    ("llama", {"tokenizer.ggml.tokens": GGUFArray(6, 5000, 0, "m.gguf")},
+     "bad tokenizer.ggml.tokens <array of 5000>: an array of strings is required"),
+    # ranges (llama.cpp: 0 < block_count <= LLAMA_MAX_LAYERS, expert_count <= LLAMA_MAX_EXPERTS, int32 positions)
+    ("llama", {"block_count": None}, "missing llama.block_count"),
+    ("llama", {"block_count": 0}, "bad llama.block_count 0: must be 1..512"),
+    ("llama", {"block_count": 513}, "bad llama.block_count 513: must be 1..512"),
+    ("llama", {"block_count": 100000}, "bad llama.block_count 100000: must be 1..512"),
+    ("llama", {"embedding_length": None}, "missing or zero llama.embedding_length"),
+    ("llama", {"embedding_length": 0}, "missing or zero llama.embedding_length"),
+    ("llama", {"embedding_length": 2**32}, "bad llama.embedding_length 4294967296: must be 0..4294967295"),
+    ("llama", {"context_length": None}, "missing llama.context_length"),
+    ("llama", {"context_length": 0}, "bad llama.context_length 0: must be 1..2147483648"),
+    ("llama", {"context_length": -1}, "bad llama.context_length -1: must be 1..2147483648"),
+    ("llama", {"context_length": 2**31 + 1}, "bad llama.context_length 2147483649: must be 1..2147483648"),
+    ("llama", {"vocab_size": -1}, "bad llama.vocab_size -1: must be 0..4294967295"),
+    ("llama", {"nextn_predict_layers": 5}, "bad llama.nextn_predict_layers 5: must be 0..4"),
+    # per-layer arrays: exactly one entry per block (get_key_or_arr)
+    ("llama", {"attention__head_count": [4, 4, 4]},
+     "bad llama.attention.head_count [4, 4, 4]: an array of 3 entries for 4 layers"),
+    ("llama", {"attention__head_count_kv": GGUFArray(5, 5000, 0, "m.gguf")},
+     "bad llama.attention.head_count_kv <array of 5000>: an array of 5000 entries for 4 layers"),
+    ("llama", {"feed_forward_length": [1024] * 5},
+     "bad llama.feed_forward_length [1024, 1024, 1024, 1024, 1024]: an array of 5 entries for 4 layers"),
+    # attention that makes a model
+    ("llama", {"attention__head_count": 0}, "missing or zero llama.attention.head_count for an attention model"),
+    ("llama", {"attention__head_count": None}, "missing or zero llama.attention.head_count for an attention model"),
+    ("llama", {"attention__head_count_kv": 8}, "bad llama.attention.head_count_kv 8 in layer 0: must divide "
+                                               "head_count 4"),
+    ("llama", {"attention__head_count_kv": 3}, "bad llama.attention.head_count_kv 3 in layer 0: must divide "
+                                               "head_count 4"),
+    ("llama", {"attention__head_count_kv": [4, 4, 8, 4]}, "bad llama.attention.head_count_kv 8 in layer 2: must "
+                                                          "divide head_count 4"),
+    ("llama", {"attention__key_length": 0}, "bad llama.attention.key_length 0: layer 0 has 4 KV heads"),
+    ("llama", {"embedding_length": 2}, "bad llama.attention.key_length 0: layer 0 has 4 KV heads"),  # 2 // 4
+    ("gemma2", {"attention__value_length_swa": 0}, "bad gemma2.attention.value_length_swa 0: layer 0 has 4 KV heads"),
+    # experts (load_hparams asserts)
+    ("llama", {"expert_count": 4, "expert_used_count": 5},
+     "bad llama.expert_used_count 5: must be 1..4 (expert_count)"),
+    ("llama", {"expert_count": 8}, "bad llama.expert_used_count 0: must be 1..8 (expert_count)"),
+    ("llama", {"expert_used_count": 2}, "bad llama.expert_used_count 2: the model has no experts (expert_count 0)"),
+    ("llama", {"expert_count": 1025}, "bad llama.expert_count 1025: must be 0..1024"),
+    ("llama", {"expert_count": 8, "expert_used_count": 2, "leading_dense_block_count": 5},
+     "bad llama.leading_dense_block_count 5: must be 0..4"),
+    # sliding window
+    ("gpt-oss", {}, "missing or zero gpt-oss.attention.sliding_window for a sliding-window model"),
+    ("gemma3", {"attention__sliding_window": 64, "attention__sliding_window_pattern": [True, False]},
+     "bad gemma3.attention.sliding_window_pattern [True, False]: an array of 2 entries for 4 layers"),
+    ("gemma3", {"attention__sliding_window": 64, "attention__sliding_window_pattern": GGUFArray(7, 5000, 0, "m")},
+     "bad gemma3.attention.sliding_window_pattern <array of 5000>: an array of 5000 entries for 4 layers"),
+    ("gemma3", {"attention__sliding_window": "64"}, "bad gemma3.attention.sliding_window '64': an integer is required, "
+                                                    "not a string"),
+    ("gemma3", {"attention__sliding_window": 64, "attention__sliding_window_pattern": 2.5},
+     "bad gemma3.attention.sliding_window_pattern 2.5: an integer is required, not a float"),
+    # recurrent and hybrid
+    ("qwen3next", {"full_attention_interval": 0}, "bad qwen3next.full_attention_interval 0: must be 1..4294967295"),
+    ("qwen3next", {"attention__recurrent_layers": [1, 0]},
+     "bad qwen3next.attention.recurrent_layers [1, 0]: an array of 2 entries for 4 layers"),
+    ("mamba", {"ssm__inner_size": -1}, "bad mamba.ssm.inner_size -1: must be 0..4294967295"),
+    ("gemma4", {"attention__sliding_window": 512, "attention__sliding_window_pattern": [True] * 4,
+                "attention__shared_kv_layers": 5}, "bad gemma4.attention.shared_kv_layers 5: must be 0..4"),
+])
+def test_bad_hyperparameters_are_one_line_naming_key_and_file(arch, keys, message):
+    assert refusal(arch, **keys) == f"m.gguf: {message}"
+
+
+def test_tensor_past_the_last_block():
+    t = TensorInfo("blk.4.attn_q.weight", (256, 256), 0, 0, 256 * 256 * 4)
+    assert refusal(tensors=(t,)) == "m.gguf: tensor 'blk.4.attn_q.weight' is past the last block (llama.block_count " \
+                                    "is 4)"
+
+
+def test_long_or_odd_values_stay_short_in_messages():
+    msg = refusal(block_count="x\n" * 10_000)
+    assert msg == "m.gguf: bad llama.block_count '" + "x\\n" * 26 + "\u2026: an integer is required, not a string"
+
+
+def test_general_name_is_one_short_line():
+    assert spec_of_header(**{"general.name": "Model\nName\t" + "x" * 500}).name == "Model Name " + "x" * 108 + "\u2026"
+    assert spec_of_header(**{"general.name": GGUFString(5 << 20, 0, "m.gguf")}).name == ""
+    assert spec_of_header(**{"general.name": 42}).name == ""
+
+
+@pytest.mark.parametrize("arch,keys,kv_layers,recurrent", [
+    ("llama", {"attention__head_count_kv": [4, 2, 2, 1]}, 4, 0),  # per-layer GQA
+    ("llama", {"attention__head_count_kv": [True] * 4}, 4, 0),  # a bool array (get_arr accepts bools)
+    ("deci", {"attention__head_count_kv": [4, 0, 1, 0]}, 4, 0),  # attention-free layers: no KV width, no error
+    ("jamba", {"attention__head_count_kv": [0, 0, 0, 1]}, 1, 3),  # 0 KV heads: a Mamba layer
+    ("mamba", {"attention__head_count": 0, "ssm__conv_kernel": 4}, 0, 4),  # no attention at all
+    ("rwkv6", {"attention__head_count": None, "wkv__head_size": 64}, 0, 4),
+    ("qwen3next", {"attention__recurrent_layers": [1, 1, 1, 0]}, 1, 3),
+    ("gemma3", {"attention__sliding_window": 64, "attention__sliding_window_pattern": [1, 1, 0, 1, 1]}, 4, 0),
+    ("llama", {"context_length": 2**31, "block_count": 512, "expert_count": 1024, "expert_used_count": [8] * 512}, 512,
+     0),
+])
+def test_edge_models_stay_valid(arch, keys, kv_layers, recurrent):
+    s = spec_of_header(arch, **keys)
+    assert (sum(s.has_kv), sum(s.is_recurrent)) == (kv_layers, recurrent)
+
+
+def test_bad_hyperparameter_in_a_file_names_the_file(tmp_path):
+    path = _write(tmp_path, "llama", {"llama.attention.head_count_kv": 8})
+    with pytest.raises(UnsupportedModel) as exc:
+        load_spec(path)
+    assert str(exc.value) == f"{path}: bad llama.attention.head_count_kv 8 in layer 0: must divide head_count 4"
