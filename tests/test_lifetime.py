@@ -131,3 +131,12 @@ def test_a_bad_port_is_said_in_the_users_terms(tmp_path, gemma_path, value):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert err == f"autoctx: error: --port expects a TCP port number 1-65535, got {value!r}\n"  # before any warning
+
+
+def test_the_server_starts_with_no_signal_held_back(tmp_path):
+    """autoctx holds signals back around the fork; the server must not inherit that (it would ignore Ctrl-C)."""
+    binary = fake_server(tmp_path, "exec grep -E '^Sig(Blk|Ign)' /proc/self/status")
+    with LlamaServer(binary, []) as s:
+        s.start()
+        s.proc.wait()
+        assert "SigBlk:\t0000000000000000\n" in s.log_text()

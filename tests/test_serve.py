@@ -163,3 +163,54 @@ def test_profile_generate_saves_a_profile(gemma_path, env):
     assert "profile saved: " in r.stdout
     shown = run(["profile", "show", gemma_path], env)
     assert shown.returncode == 0 and "num_ctx = 4096" in shown.stdout and "runs = 1" in shown.stdout
+
+
+def _servers_of(model: str) -> list:
+    """llama-server processes started for `model` (a path unique to the test)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline", "name"]):
+        try:
+            if p.info["name"] == "llama-server" and model in (p.info["cmdline"] or []) and \
+                    p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_while_loading_stops_the_real_server(shape_file, env, tmp_path, sig, status):
+    """The model's 16 GiB sparse file keeps llama-server loading for seconds: the signal lands mid-load."""
+    model = str(tmp_path / "m.gguf")
+    os.symlink(shape_file("llama-3.1-8b"), model)  # a path only this test's server has on its command line
+    env = dict(env, TMPDIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "autoctx.cli", "serve", model, "--free", "cpu=64GiB", "--check",
+                             "--no-profile", "--", "--no-repack", "-c", "4096", "--load-mode", "none"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not _servers_of(model) and time.time() < deadline:
+        time.sleep(0.05)
+    (server,) = _servers_of(model)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    assert "Traceback" not in err
+    assert not server.is_running() or server.status() == "zombie"
+    assert not _servers_of(model)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"]  # no llama-server-*.log left in TMPDIR
+
+
+def test_a_profile_that_cannot_be_saved_is_a_warning_and_leaves_no_server(gemma_path, env, tmp_path):
+    blocked = tmp_path / "data"
+    blocked.write_text("a file where the profile folder would go")
+    model = str(tmp_path / "g.gguf")
+    os.symlink(gemma_path, model)
+    env = dict(env, AUTOCTX_DATA_DIR=str(blocked), TMPDIR=str(tmp_path))
+    r = run(["serve", model, "--device", "cpu", "--check", "--", "-c", "4096"], env)
+    assert r.returncode == 0, r.stderr
+    assert "autoctx: warning: profile not saved (" in r.stderr
+    assert "profile saved" not in r.stdout
+    assert not _servers_of(model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "g.gguf"]

@@ -53,8 +53,10 @@ class LlamaServer:
                 fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             try:
                 # a new session: a Ctrl-C at the terminal reaches autoctx, which stops or forwards it
+                # the child must not inherit the held signals (a mask survives exec): it unblocks them first
                 self.proc = subprocess.Popen(self.argv, stdout=fd, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, start_new_session=True)
+                                             stdin=subprocess.DEVNULL, start_new_session=True,
+                                             preexec_fn=_release_signals)
             except OSError as e:
                 self.remove_log()
                 raise ServerError(f"cannot start {self.argv[0]}: {e.strerror or e}") from None
@@ -163,6 +165,10 @@ class LlamaServer:
 
 
 _HELD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _release_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
 
 
 @contextmanager
