@@ -115,6 +115,22 @@ def shipped_profile(name: str) -> ModelSpec | None:
 RESOLVERS: list[Resolver] = [gguf_path, ollama_store, ollama_show, shipped_profile]
 
 
+def _first(resolvers: list[Resolver], name: str, none_found: str) -> ModelSpec:
+    """The first resolver's answer; a NotPulled error (with the pull command) outranks `none_found`."""
+    not_pulled: NotPulled | None = None
+    for r in resolvers:
+        try:
+            spec = r(name)
+        except NotPulled as e:
+            not_pulled = e
+            continue
+        if spec is not None:
+            return spec
+    if not_pulled is not None:
+        raise not_pulled
+    raise AutoctxError(none_found)
+
+
 def resolve_ollama(name: str, shipped: bool = False) -> ModelSpec:
     """An Ollama model name only (never a path): the local store, else the server's /api/show, else (when
     `shipped`) a shipped profile. A name that is not an Ollama model name (`../x`, `/etc/passwd`) is refused before
@@ -122,33 +138,11 @@ def resolve_ollama(name: str, shipped: bool = False) -> ModelSpec:
     from .runtimes.ollama.store import parse_name
 
     parse_name(name)
-    not_pulled: NotPulled | None = None
-    for r in [ollama_store, ollama_show] + ([shipped_profile] if shipped else []):
-        try:
-            spec = r(name)
-        except NotPulled as e:
-            not_pulled = e
-            continue
-        if spec is not None:
-            return spec
-    if not_pulled is not None:
-        raise not_pulled
-    raise AutoctxError(f"{name}: not an Ollama model this machine or its Ollama server has")
+    return _first([ollama_store, ollama_show] + ([shipped_profile] if shipped else []), name,
+                  f"{name}: not an Ollama model this machine or its Ollama server has")
 
 
 def resolve(name: str, pulled_only: bool = False) -> ModelSpec:
     """The ModelSpec for MODEL; `pulled_only` skips shipped profiles (running needs the model itself)."""
-    not_pulled: NotPulled | None = None
-    for r in RESOLVERS:
-        if pulled_only and r is shipped_profile:
-            continue
-        try:
-            spec = r(name)
-        except NotPulled as e:
-            not_pulled = e
-            continue
-        if spec is not None:
-            return spec
-    if not_pulled is not None:
-        raise not_pulled
-    raise AutoctxError(f"{name}: not a GGUF file nor an Ollama model name")
+    return _first([r for r in RESOLVERS if not (pulled_only and r is shipped_profile)], name,
+                  f"{name}: not a GGUF file nor an Ollama model name")
