@@ -83,10 +83,8 @@ class FakeOllama:
         self.version = version
         self.llama_server = llama_server
         self.env = dict(env or {})  # the OLLAMA_* environment this `ollama serve` runs with
-        # not Ollama's: on this sandbox's CPU the pinned llama-server dies of SIGILL (kernel: invalid opcode) right
-        # after allocating when it repacks weights into its AMX buffer, warm-up or not. --no-repack keeps the weights
-        # in CPU_Mapped (and the plan must say so: see test_ollama_memory); --no-warmup allocates nothing less.
-        self.extra_args = ["--no-warmup", "--no-repack"]
+        # not Ollama's: --no-warmup allocates nothing less and saves the test a forward pass
+        self.extra_args = ["--no-warmup"]
         # a host without GPUs: Ollama's scheduler falls back to num_gpu 0 ("GPU not available, falling back to CPU",
         # server/sched.go; UNVERIFIED for ≥ 0.30). Without it a CPU-only llama-server says "offloaded 19/19 layers to
         # GPU", which Ollama's accounting reads as 100 % GPU and /api/ps would answer size 0.

@@ -286,8 +286,7 @@ def test_run_verifies_and_records_what_the_real_llama_server_allocated(store, ru
         assert runner.argv[1:] == [
             "--model", str(store / "blobs" / f"sha256-{GEMMA_SHA256}"), "--port", str(runner.port), "--host",
             "127.0.0.1", "--no-webui", "--offline", "-c", "32768", "-np", "1", "--log-verbosity", "4",
-            "--no-log-prefix", "--no-log-timestamps", "--flash-attn", "auto", "-ngl", "0", "--no-warmup",
-            "--no-repack"]
+            "--no-log-prefix", "--no-log-timestamps", "--flash-attn", "auto", "-ngl", "0", "--no-warmup"]
         entry = srv.loaded[name]
         assert entry["context_length"] == 32768
         size = ollama_size_from_log(srv.logs[name])
@@ -295,13 +294,12 @@ def test_run_verifies_and_records_what_the_real_llama_server_allocated(store, ru
         path = next(x for x in r.stderr.splitlines() if x.startswith("autoctx: loaded: ")).rsplit("profile ", 1)[1]
         prof = tomllib.loads(open(path).read())
         assert prof["measured"] == {"CPU": {"total": size}}
-        # autoctx predicted exactly these buffers, but for the repacked weights (the test server runs --no-repack,
-        # Ollama does not) and the log's rounding to 0.01 MiB per buffer
+        # autoctx predicted exactly these buffers (the repacked weights included), but for the log's rounding to
+        # 0.01 MiB per buffer
         d = plan_json(env, "--device", "cpu", "--free", "cpu=2GiB", "--kv-type", "f16")
-        repack = sum(b["bytes"] for b in d["buffers"] if b["name"] == "CPU_REPACK")
-        assert repack > 0
+        assert sum(b["bytes"] for b in d["buffers"] if b["name"] == "CPU_REPACK") > 0
         predicted = prof["predicted"]["CPU"]["total"]
-        assert abs(predicted - repack - size) <= 4 * MiB // 200
+        assert abs(predicted - size) <= 4 * MiB // 200
         assert prof["correction"].get("CPU", {}).get("total", 0) == size - predicted
         pid = runner.proc.pid
         assert running(pid)
