@@ -319,7 +319,7 @@ class ProfileStore:
                 raise ProfileError(f"profile {bad[0]} cannot be read: {why}")
             short = "an id prefix needs at least 4 hex digits; " if re.fullmatch(r"[0-9a-f]{1,3}", ref) else ""
             raise ProfileError(f"no profile matches {ref!r} ({short}autoctx profile list shows them)")
-        by_id = [p for p in found if p.key.id.startswith(ref)]
+        by_id = [p for p in found if ID_PREFIX.fullmatch(ref) and p.key.id.startswith(ref)]
         if len(found) > 1 and len(by_id) > 1:
             raise ProfileError(f"{len(by_id)} profile ids start with {ref!r}: give more of the id")
         if len(found) > 1 and not every:
