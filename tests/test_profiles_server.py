@@ -16,10 +16,7 @@ pytestmark = pytest.mark.server
 
 
 def serve_cmd(gemma_path: str) -> list[str]:
-    # --no-repack: the test is about profiles; it keeps llama.cpp's extra CPU buffer types (repack, AMX) off, whose
-    # AMX kernels die with SIGILL on VMs that advertise AMX without enabling its tile state (GGML_NATIVE builds)
-    return [sys.executable, "-m", "autoctx.cli", "serve", gemma_path, "--check", "--device", "cpu", "--json", "--",
-            "--no-repack"]
+    return [sys.executable, "-m", "autoctx.cli", "serve", gemma_path, "--check", "--device", "cpu", "--json"]
 
 
 @pytest.fixture
