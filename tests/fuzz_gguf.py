@@ -770,8 +770,10 @@ def run_bounded(path: str, bounds: Bounds) -> Result:
     from autoctx.gguf import GGUFError
 
     soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    limit = _status("VmData") + bounds.mem_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_DATA, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    data = _status("VmData")  # RLIMIT_DATA counts the heap, not the read-only map of the file
+    if data:
+        limit = data + bounds.mem_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_DATA, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
     peak_ok = _reset_peak()
     rss0 = _status("VmRSS")
     t0 = time.process_time()

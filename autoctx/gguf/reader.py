@@ -11,8 +11,9 @@ read per element, numeric arrays a single seek. Small arrays (per-layer head cou
 Safety: a header is untrusted input. Only regular files are opened (a FIFO or a device would block or never end).
 Every count and length is checked against the bytes left in the file before it is used, and the work one header
 can cause is bounded whatever it claims (the limits below, each far above any real model): the part of the file
-read, the keys and tensors, the bytes of text decoded, the array elements walked one by one. Anything beyond
-raises `GGUFError`, a one-line message naming the file; values quoted in messages are clipped to ~80 characters.
+read, the keys and tensors, the bytes of text decoded, the array elements walked one by one; arrays of arrays are
+refused outright, as gguf.cpp refuses them. Anything beyond raises `GGUFError`, a one-line message naming the file;
+values quoted in messages are clipped to ~80 characters.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ MAX_NAME = 64  # GGML_MAX_NAME: gguf.cpp refuses a tensor name of 64 bytes or mo
 # most, headers of a few MiB (262k tokenizer strings), tokenizer + merges arrays of ~500k strings in all.
 MAX_HEADER = 1 << 27  # bytes of the file the header may span (128 MiB); the rest is never mapped
 MAX_KEYS = 1 << 16
-MAX_TENSORS = 1 << 14
+MAX_TENSORS = 1 << 14  # the largest models have ~1-2 thousand; a plan's time grows with this count
 MAX_KEY = 1024  # bytes in one key
 MAX_STRING = 1 << 20  # a longer string value is not decoded: it stays in the file (GGUFString)
 MAX_TEXT = 1 << 24  # bytes of keys, names and strings decoded from one header (16 MiB)
