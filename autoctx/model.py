@@ -219,7 +219,7 @@ class _Keys:
             raise self.bad(key, value, f"must be {lo}..{hi}")
         return value
 
-    def int(self, suffix: str, default: int, lo: int = 0, hi: int = U32) -> int:
+    def num(self, suffix: str, default: int, lo: int = 0, hi: int = U32) -> int:
         """An integer key of this architecture; `default` when absent."""
         value = self.raw(suffix)
         return default if value is None else self.check_int(f"{self.arch}.{suffix}", value, lo, hi)
@@ -275,9 +275,9 @@ def spec_from_gguf(f: GGUFFile) -> ModelSpec:
 
     if k("block_count") is None:
         raise UnsupportedModel(f"{f.path}: missing {arch}.block_count")
-    n_layer = keys.int("block_count", 0, 1, MAX_LAYERS)
-    n_nextn = keys.int("nextn_predict_layers", 0, 0, n_layer)
-    n_embd = keys.int("embedding_length", 0)
+    n_layer = keys.num("block_count", 0, 1, MAX_LAYERS)
+    n_nextn = keys.num("nextn_predict_layers", 0, 0, n_layer)
+    n_embd = keys.num("embedding_length", 0)
     if n_embd <= 0:
         raise UnsupportedModel(f"{f.path}: missing or zero {arch}.embedding_length")
     n_head = keys.per_layer("attention.head_count", n_layer, 0)
@@ -289,21 +289,21 @@ def spec_from_gguf(f: GGUFFile) -> ModelSpec:
     if tokens is not None and not (isinstance(tokens, list) and all(isinstance(t, (str, GGUFString)) for t in tokens)
                                    or isinstance(tokens, GGUFArray) and tokens.item_type == GGUFValueType.STRING):
         raise keys.bad("tokenizer.ggml.tokens", tokens, "an array of strings is required")
-    n_vocab = keys.int("vocab_size", 0) or (len(tokens) if tokens is not None else 0)
+    n_vocab = keys.num("vocab_size", 0) or (len(tokens) if tokens is not None else 0)
     emb = f.tensor("token_embd.weight")
     if not n_vocab and emb is not None and len(emb.shape) > 1:
         n_vocab = emb.shape[1]
 
     h0 = n_head[0]
-    head_k = keys.int("attention.key_length", n_embd // h0 if h0 else 0)
-    head_v = keys.int("attention.value_length", n_embd // h0 if h0 else 0)
+    head_k = keys.num("attention.key_length", n_embd // h0 if h0 else 0)
+    head_v = keys.num("attention.value_length", n_embd // h0 if h0 else 0)
     if not h0:
         head_k = head_v = 0
-    head_k_swa = keys.int("attention.key_length_swa", head_k)
-    head_v_swa = keys.int("attention.value_length_swa", head_v)
+    head_k_swa = keys.num("attention.key_length_swa", head_k)
+    head_v_swa = keys.num("attention.value_length_swa", head_v)
 
     # --- sliding window (load_swa_pattern, llama-model.cpp; set_swa_pattern, llama-hparams.cpp) ---
-    window = keys.int("attention.sliding_window", 0) if k("attention.sliding_window") is not None else None
+    window = keys.num("attention.sliding_window", 0) if k("attention.sliding_window") is not None else None
     swa_type, n_swa = "none", 0
     is_swa = [False] * n_layer
     if rule.swa in ("standard", "chunked") or (rule.swa == "if_window" and window):
@@ -320,7 +320,7 @@ def spec_from_gguf(f: GGUFFile) -> ModelSpec:
                 is_swa = [bool(keys.check_int(key, int(v) if isinstance(v, bool) else v, 0, U32))
                           for v in pattern[:n_layer]]
             else:
-                period = keys.int("attention.sliding_window_pattern", rule.period)
+                period = keys.num("attention.sliding_window_pattern", rule.period)
                 main = n_layer - n_nextn
                 for il in range(main):
                     if rule.dense_first:
@@ -343,26 +343,26 @@ def spec_from_gguf(f: GGUFFile) -> ModelSpec:
         if k("attention.recurrent_layers") is not None:
             is_recr = [bool(v) for v in keys.per_layer("attention.recurrent_layers", n_layer, 0)]
         else:
-            interval = keys.int("full_attention_interval", 4, 1)
+            interval = keys.num("full_attention_interval", 4, 1)
             is_recr = [il < n_layer - n_nextn and (il + 1) % interval != 0 for il in range(n_layer)]
     n_embd_r = n_embd_s = 0
     if any(is_recr):
-        wkv = keys.int("wkv.head_size", 0)
+        wkv = keys.num("wkv.head_size", 0)
         if wkv:
-            n_embd_r = keys.int("token_shift_count", 2) * n_embd
+            n_embd_r = keys.num("token_shift_count", 2) * n_embd
             n_embd_s = n_embd * wkv
         else:
-            d_conv = keys.int("ssm.conv_kernel", 0)
-            d_inner = keys.int("ssm.inner_size", 0)
-            d_state = keys.int("ssm.state_size", 0)
-            n_group = keys.int("ssm.group_count", 0)
+            d_conv = keys.num("ssm.conv_kernel", 0)
+            d_inner = keys.num("ssm.inner_size", 0)
+            d_state = keys.num("ssm.state_size", 0)
+            n_group = keys.num("ssm.group_count", 0)
             n_embd_r = (d_conv - 1 if d_conv > 0 else 0) * (d_inner + 2 * n_group * d_state)
             n_embd_s = d_state * d_inner
 
     # --- which layers own KV cells (has_kv + the NextN filter, llama-model.cpp create_memory) ---
     kv_from_start = rule.kv_from_start
     if arch == "gemma4":
-        kv_from_start = n_layer - keys.int("attention.shared_kv_layers", 0, 0, n_layer)
+        kv_from_start = n_layer - keys.num("attention.shared_kv_layers", 0, 0, n_layer)
     has_kv = []
     for il in range(n_layer):
         ok = not is_recr[il] and (kv_from_start < 0 or il < kv_from_start)
@@ -391,9 +391,9 @@ def spec_from_gguf(f: GGUFFile) -> ModelSpec:
 
     is_mla = k("attention.key_length_mla") is not None and k("attention.value_length_mla") is not None
     if is_mla:
-        keys.int("attention.key_length_mla", 0)
-        keys.int("attention.value_length_mla", 0)
-    n_expert = keys.int("expert_count", 0, 0, MAX_EXPERTS)
+        keys.num("attention.key_length_mla", 0)
+        keys.num("attention.value_length_mla", 0)
+    n_expert = keys.num("expert_count", 0, 0, MAX_EXPERTS)
     n_expert_used = max(keys.per_layer("expert_used_count", n_layer, 0))
     if n_expert_used > n_expert or (n_expert and not n_expert_used):  # load_hparams asserts these
         why = f"must be 1..{n_expert} (expert_count)" if n_expert else "the model has no experts (expert_count 0)"
@@ -401,7 +401,7 @@ def spec_from_gguf(f: GGUFFile) -> ModelSpec:
     ff_exp = k("expert_feed_forward_length")
     n_ff_exp = max(keys.per_layer("expert_feed_forward_length", n_layer, 0)) if ff_exp \
         else (max(n_ff) if n_expert else 0)
-    n_dense_lead = keys.int("leading_dense_block_count", 0, 0, n_layer) if n_expert else n_layer
+    n_dense_lead = keys.num("leading_dense_block_count", 0, 0, n_layer) if n_expert else n_layer
 
     tensor_layer = tuple(_classify(t.name, n_layer) for t in f.tensors)
     beyond = next((t.name for t, li in zip(f.tensors, tensor_layer) if li >= n_layer and _BLK.match(t.name)), None)
@@ -411,7 +411,7 @@ def spec_from_gguf(f: GGUFFile) -> ModelSpec:
     tied = f.tensor("output.weight") is None
     if k("context_length") is None:
         raise UnsupportedModel(f"{f.path}: missing {arch}.context_length")
-    n_ctx_train = keys.int("context_length", 0, 1, MAX_CTX)
+    n_ctx_train = keys.num("context_length", 0, 1, MAX_CTX)
 
     return ModelSpec(
         path=f.path, architecture=arch, name=_text(md.get("general.name", "")), n_layer=n_layer,
