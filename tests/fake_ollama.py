@@ -24,56 +24,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import signal
+import shutil
 import socket
-import subprocess
 import tempfile
 import threading
-import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from autoctx.runtimes.llamacpp.launch import LlamaServer
+from autoctx.runtimes.llamacpp.server import ServerError
+
 MEDIA = "application/vnd.ollama.image."
 _PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-class Runner:
-    """One real llama-server, as Ollama runs it for one loaded model."""
-
-    def __init__(self, argv: list[str], port: int, log_path: Path):
-        self.argv, self.port, self.log_path = argv, port, log_path
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-
-    def wait_ready(self, timeout: float = 120.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return True
-            except OSError:
-                pass
-            time.sleep(0.1)
-        return False
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
 
 
 class FakeOllama:
@@ -97,12 +60,12 @@ class FakeOllama:
         self.answers: dict[str, object] = {}
         self.stall: set[str] = set()  # paths whose handler waits (until exit) instead of answering
         self.loaded: dict[str, dict] = {}
-        self.runners: dict[str, Runner] = {}
+        self.runners: dict[str, LlamaServer] = {}
         self.logs: dict[str, str] = {}  # model → the log of its last llama-server (kept after it stops)
         self.requests: list[tuple[str, str, dict]] = []
         self._release = threading.Event()
         self._lock = threading.Lock()
-        self._tmp = Path(tempfile.mkdtemp(prefix="fake-ollama-"))
+        self._tmp: Path | None = None  # the runners' logs, made at the first real load and removed on exit
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -120,6 +83,8 @@ class FakeOllama:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.stop_all()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
     def stop_all(self) -> None:
         with self._lock:
@@ -282,9 +247,16 @@ class FakeOllama:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
-            runner = Runner(self.runner_argv(m, opts, port), port, self._tmp / f"runner-{len(self.logs)}-{port}.log")
+            if self._tmp is None:
+                self._tmp = Path(tempfile.mkdtemp(prefix="fake-ollama-"))
+            argv = self.runner_argv(m, opts, port)  # carries --port, --host and a log verbosity: used as they are
+            runner = LlamaServer(argv[0], argv[1:], log_path=self._tmp / f"runner-{len(self.logs)}-{port}.log")
+            runner.start()
             self.runners[name] = runner
-            ok = runner.wait_ready()
+            try:
+                ok = runner.wait_ready(120)
+            except ServerError:  # no /health in time: stopped, like a load Ollama gives up on
+                ok = False
             text = runner.log_text()
             self.logs[name] = text
             if not ok:
