@@ -75,16 +75,20 @@ def _kv_list(flag: str, text: str, runtime: str = "llamacpp") -> tuple[tuple[str
 
 def _estimate(model: str, server_args: Optional[List[str]], devices: str = ""):
     """Parse llama-server arguments, read the model, predict. Returns (Estimate, ParsedArgs)."""
-    from .memory import Device, estimate as run_estimate
+    from .memory import estimate as run_estimate
     from .model import load_spec
-    from .runtimes.llamacpp.args import parse_server_args, with_devices
+    from .runtimes.llamacpp.args import parse_devices, parse_server_args, with_devices
 
     parsed = parse_server_args(list(server_args or []))
     if parsed.ignored:
         _warn("not modelled (passed through as they are): " + " ".join(dict.fromkeys(parsed.ignored)))
     params = parsed.params
     if devices:
-        params = with_devices(params, [Device(_gpu_name("--devices", d)) for d in devices.split(",") if d.strip()])
+        params = with_devices(params, parse_devices("--devices", devices))
+    rpc = [d.name for d in params.devices if d.backend.remote and d.remote is None]
+    if rpc:
+        _warn(f"{', '.join(rpc)}: RPC worker assumed to run its CPU (one device per --rpc server); name another "
+              "worker backend in --devices, e.g. 'RPC0[host:port]@cuda'")
     path = parsed.model or model
     if _ollama_name_not_file(path):
         raise AutoctxError(f"{path}: no such file; estimate and check read a GGUF file (plan, serve, run and modelfile "
@@ -100,8 +104,9 @@ def estimate(
     model: str = typer.Argument(..., help="GGUF file (first part of a split model is enough)"),
     server_args: Optional[List[str]] = typer.Argument(None, help="llama-server arguments (memory-relevant subset)"),
     as_json: bool = typer.Option(False, "--json", help="print the estimate as JSON"),
-    devices: str = typer.Option("", "--devices", help="GPU devices llama.cpp would use, e.g. CUDA0,CUDA1 "
-                                "(default: none, a CPU build)"),
+    devices: str = typer.Option("", "--devices", help="devices llama.cpp would use, in its names and order, e.g. "
+                                "CUDA0,CUDA1 or Vulkan0@4 (the device's alignment) or RPC0[host:port]@cuda (an RPC "
+                                "worker and its backend); default: the --rpc servers' CPUs, else none (a CPU build)"),
 ) -> None:
     """What llama-server would allocate for MODEL with these arguments, per device and kind."""
     est, _ = _estimate(model, server_args, devices)
@@ -575,19 +580,6 @@ def _ollama_name_not_file(text: str) -> bool:
     except BadModelName:
         return False
     return True
-
-
-def _gpu_name(flag: str, text: str) -> str:
-    """A GPU as llama.cpp names it (CUDA0, ROCm1, Vulkan0)."""
-    from .units import device_name
-
-    try:
-        name = device_name(text)
-    except ArgsError as e:
-        raise ArgsError(f"{flag}: {e}") from None
-    if name == "CPU":
-        raise ArgsError(f"{flag} lists GPUs only (the CPU is always there)")
-    return name
 
 
 def _chart_mode(path: str) -> int:

@@ -7,8 +7,9 @@ This is the one module that mirrors llama.cpp (the pinned build, autoctx/data/pi
                           tools/server/server-context.cpp (server_output_limits)
 - weights per device ... src/llama-model.cpp (load_tensors: i_gpu_start, splits, dev_input on CPU, mmap ranges via
                           src/llama-model-loader.cpp get_mapping_range), ggml/src/ggml-backend.cpp (buffer plan:
-                          PAD(alloc_size, alignment) per tensor), ggml/src/ggml-cuda/ggml-cuda.cu (alloc_size row pad),
-                          ggml/src/ggml-cpu/repack.cpp (which weights go to CPU_REPACK)
+                          PAD(alloc_size, alignment) per tensor), ggml/src/ggml-cpu/repack.cpp (which weights go to
+                          CPU_REPACK), make_cpu_buft_list + llama-model-loader.cpp buft_for_tensor (CPU weights in a
+                          GPU's host buffer, no repack); each backend's buffer rules: `BACKENDS` (names its files)
 - KV cache ............. src/llama-kv-cache.cpp (tensors [n_embd_k_gqa, kv_size, n_stream], v_trans padding),
                           src/llama-kv-cache-iswa.cpp (SWA cache size), src/llama-memory-recurrent.cpp (R/S state)
 - output buffer ........ src/llama-context.cpp output_reserve (logits n_vocab × n_seq_max × f32, host memory)
@@ -30,10 +31,11 @@ from .model import ModelSpec
 MiB = 1024 * 1024
 CPU = "CPU"
 
-# ggml_backend_buft_get_alignment: TENSOR_ALIGNMENT on CPU (ggml-cpu), 128 on CUDA/HIP (ggml-cuda.cu).
+# ggml_backend_buft_get_alignment: TENSOR_ALIGNMENT (ggml-impl.h) on CPU, 128 on CUDA/HIP (ggml-cuda.cu); every
+# backend's value is in BACKENDS below.
 CPU_ALIGNMENT = 32
 CUDA_ALIGNMENT = 128
-MATRIX_ROW_PADDING = 512  # ggml-cuda/common.cuh: quantized rows padded to a multiple of this on CUDA/HIP
+MATRIX_ROW_PADDING = 512  # ggml-cuda/common.cuh, ggml-sycl/presets.hpp: quantized rows padded to a multiple of this
 
 KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")  # common/arg.cpp
 
@@ -47,23 +49,126 @@ _GET_ROWS_ONLY = ("token_embd.", "token_types.", "position_embd.", "per_layer_to
 
 
 @dataclass(frozen=True)
+class Backend:
+    """One ggml backend's allocation rules: what llama.cpp's buffer types of that backend answer.
+
+    `source` names the llama.cpp files (pinned tree) each rule mirrors. Device-dependent values (Vulkan's alignments)
+    are documented defaults here; a Device can carry its own (`Device.align`).
+    """
+
+    name: str  # the device-name prefix llama.cpp prints (CUDA0, ROCm0, Vulkan0, MTL0, SYCL0, RPC0)
+    source: str
+    alignment: int  # ggml_backend_buft_get_alignment of the device's buffer type (its default when device-dependent)
+    alignment_varies: str = ""  # non-empty: the alignment is the device's own (this names the limit)
+    pads_quant_rows: bool = False  # get_alloc_size adds a row of MATRIX_ROW_PADDING - ne0 % 512 to a quantized tensor
+    host_buffer: str | None = None  # get_host_buffer_type's name (pinned host memory); None: the backend has none
+    host_alignment: int = CPU_ALIGNMENT  # that host buffer type's alignment
+    host_extra: int = 0  # bytes its alloc_buffer adds to every buffer (Vulkan_Host: +32)
+    maps_weights: bool = False  # buffer_from_host_ptr: with mmap, the device's weights are a range of the file
+    remote: bool = False  # RPC: alignment and alloc sizes are the worker's backend's (asked over the wire)
+
+
+# The buffer-type rules of each backend (ggml/src/ggml-<backend>/...); GPU layer placement is the same for all of them
+# (src/llama-model.cpp load_tensors), what differs is how a buffer is sized and where host-side tensors go.
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    # ggml-backend.cpp ggml_backend_cpu_buffer_type: TENSOR_ALIGNMENT, alloc size = nbytes; buffer_from_host_ptr
+    # (CPU_Mapped); ggml-cpu/ggml-cpu.cpp extra buffer types (CPU_REPACK), chosen only when no device offers a host
+    # buffer type (src/llama-model.cpp make_cpu_buft_list)
+    Backend("CPU", "ggml/src/ggml-backend.cpp, ggml/src/ggml-cpu/ggml-cpu.cpp", CPU_ALIGNMENT, maps_weights=True),
+    # ggml-cuda.cu: alignment 128, get_alloc_size pads quantized rows, host buffer CUDA_Host with the CPU buffer
+    # type's alignment and alloc size (GGML_CUDA_NAME is ROCm in a HIP build and MUSA in a MUSA build: same file)
+    Backend("CUDA", "ggml/src/ggml-cuda/ggml-cuda.cu, ggml/src/ggml-cuda/common.cuh", CUDA_ALIGNMENT,
+            pads_quant_rows=True, host_buffer="CUDA_Host"),
+    Backend("ROCm", "ggml/src/ggml-cuda/ggml-cuda.cu (GGML_USE_HIP), ggml/include/ggml-cuda.h", CUDA_ALIGNMENT,
+            pads_quant_rows=True, host_buffer="ROCm_Host"),
+    Backend("MUSA", "ggml/src/ggml-cuda/ggml-cuda.cu (GGML_USE_MUSA), ggml/include/ggml-cuda.h", CUDA_ALIGNMENT,
+            pads_quant_rows=True, host_buffer="MUSA_Host"),
+    # ggml-vulkan.cpp: alignment = the device's minStorageBufferOffsetAlignment (16 on NVIDIA, 4 on AMD, 64 on
+    # Intel; default 16), alloc size = nbytes; Vulkan_Host aligns to minMemoryMapAlignment (default 64, the Vulkan
+    # spec's minimum) and allocates 32 bytes more than asked
+    Backend("Vulkan", "ggml/src/ggml-vulkan/ggml-vulkan.cpp", 16, alignment_varies="minStorageBufferOffsetAlignment",
+            host_buffer="Vulkan_Host", host_alignment=64, host_extra=32),
+    # ggml-metal.cpp: alignment 32, alloc size = nbytes (compute ops add scratch), no host buffer type (host-side
+    # buffers print as CPU), buffer_from_host_ptr: with mmap the weights are MTL0_Mapped ranges of the file
+    Backend("MTL", "ggml/src/ggml-metal/ggml-metal.cpp, ggml/src/ggml-metal/ggml-metal-device.m", 32,
+            maps_weights=True),
+    # ggml-sycl.cpp / common.hpp: SYCL_BUFFER_ALIGNMENT 128, quantized rows padded (presets.hpp), SYCL_Host with the
+    # CPU buffer type's alignment
+    Backend("SYCL", "ggml/src/ggml-sycl/ggml-sycl.cpp, ggml/src/ggml-sycl/common.hpp", 128, pads_quant_rows=True,
+            host_buffer="SYCL_Host"),
+    # ggml-rpc.cpp: the buffer type asks the worker for its alignment, and for the alloc size of a quantized tensor
+    # with ne0 % 512 != 0 (others: nbytes), so sizes follow the worker's backend; no host buffer type, no
+    # buffer_from_host_ptr. Devices are RPC0, RPC1... across --rpc servers in order; buffers print as
+    # RPC<i>[host:port] with i the device's index on its worker
+    Backend("RPC", "ggml/src/ggml-rpc/ggml-rpc.cpp, tools/rpc/rpc-server.cpp", CPU_ALIGNMENT, remote=True),
+)}
+BACKEND_ALIASES = {"Metal": "MTL"}  # builds before the MTL rename printed Metal0
+
+
+def known_backends() -> str:
+    return ", ".join(("MTL (Metal)" if b == "MTL" else b) for b in BACKENDS if b != "CPU")
+
+
+def backend_of(name: str) -> Backend:
+    """The backend of a device named as llama.cpp prints it (CUDA0, Vulkan1, MTL0, RPC0, RPC0[host:port])."""
+    prefix = name.split("[", 1)[0].rstrip("0123456789")
+    prefix = BACKEND_ALIASES.get(prefix, prefix)
+    if prefix not in BACKENDS or prefix == "CPU":
+        raise ArgsError(f"unknown device {name!r}: no llama.cpp backend {prefix!r} (known: {known_backends()})")
+    return BACKENDS[prefix]
+
+
+@dataclass(frozen=True)
 class Device:
-    """An accelerator llama.cpp offloads to, named as llama.cpp prints it (CUDA0, ROCm0, Vulkan0...)."""
+    """A device llama.cpp offloads to, named as llama.cpp prints it (CUDA0, ROCm0, Vulkan0, MTL0, RPC0...)."""
 
     name: str
     free_bytes: int | None = None  # used for the default layer split (by free memory) and by the planner
+    align: int | None = None  # the device's own buffer alignment where the backend's is device-dependent (Vulkan)
+    remote: str | None = None  # RPC: the worker's backend (None: assumed CPU, rpc-server's fallback device)
+    endpoint: str = ""  # RPC: the worker's host:port, which names its buffers
+    remote_index: int = 0  # RPC: the device's index on its worker (RPC<i>[host:port])
+
+    def __post_init__(self) -> None:
+        backend_of(self.name)  # an unknown backend is one line naming the known ones
+        if self.remote is not None and (not self.backend.remote or self.remote not in BACKENDS
+                                        or BACKENDS[self.remote].remote):
+            raise ArgsError(f"{self.name}: a worker backend is for RPC devices only, one of "
+                            f"{', '.join(b for b in BACKENDS if b != 'RPC')}")
+
+    @property
+    def backend(self) -> Backend:
+        return backend_of(self.name)
+
+    @property
+    def rules(self) -> Backend:
+        """The backend whose buffer types size this device's buffers: an RPC device's worker backend."""
+        b = self.backend
+        return BACKENDS[self.remote or CPU] if b.remote else b
 
     @property
     def alignment(self) -> int:
-        return CUDA_ALIGNMENT
+        return self.align or self.rules.alignment
 
     @property
     def pads_quant_rows(self) -> bool:
-        return self.name.startswith(("CUDA", "ROCm"))
+        return self.rules.pads_quant_rows
+
+    @property
+    def has_host_buffer(self) -> bool:
+        return self.backend.host_buffer is not None
 
     @property
     def host_buffer(self) -> str:
-        return f"{self.name.rstrip('0123456789')}_Host"
+        """The buffer name host-side tensors get when this device lends its host buffer type (CPU when it has none)."""
+        return self.backend.host_buffer or CPU
+
+    @property
+    def buffer_name(self) -> str:
+        """How llama.cpp names this device's buffers: the device name, or RPC<i>[host:port] for an RPC device."""
+        if self.backend.remote and self.endpoint:
+            return f"RPC{self.remote_index}[{self.endpoint}]"
+        return self.name
 
 
 @dataclass(frozen=True)
@@ -81,6 +186,7 @@ class Params:
     n_gpu_layers: int = -1  # -1 auto, -2 all, else a count that includes the output layer
     swa_full: bool = False
     repack: bool = True
+    no_host: bool = False  # --no-host: CPU weights skip the GPU's host buffer type (so they may be repacked)
     mmap: bool = True
     offload_kqv: bool = True
     fit: bool = True
@@ -248,13 +354,27 @@ def layer_devices(spec: ModelSpec, p: Params, ngl: int) -> tuple[list[str], str]
 
 
 def _alloc_size(dev: Device | None, type_name: str, nbytes: int, ne0: int) -> int:
-    """ggml_backend_buft_get_alloc_size, padded to the buffer alignment."""
+    """ggml_backend_buft_get_alloc_size, padded to the buffer alignment (ggml-backend.cpp: each tensor of a buffer
+    starts at a multiple of the buffer type's alignment). `dev` None: the CPU buffer type."""
     if dev is None:
         return pad(nbytes, CPU_ALIGNMENT)
     size = nbytes
     if dev.pads_quant_rows and is_quantized(type_name) and ne0 % MATRIX_ROW_PADDING:
         size += row_bytes(type_from_name(type_name), MATRIX_ROW_PADDING - ne0 % MATRIX_ROW_PADDING)
     return pad(size, dev.alignment)
+
+
+def host_weight_device(p: Params) -> Device | None:
+    """The device whose host buffer type holds the CPU's weights (src/llama-model.cpp make_cpu_buft_list: ACCEL →
+    the first device with a host buffer type → CPU extra (CPU_REPACK) → CPU); None: no device has one, or --no-host.
+
+    llama-model-loader.cpp (buft_for_tensor): with mmap a host buffer type is swapped for the plain CPU one, so the
+    weights stay CPU_Mapped; without mmap they land in that host buffer (CUDA_Host...). Either way the extra buffer
+    types come after it in the list, so nothing is repacked: a CUDA/ROCm/Vulkan/SYCL build has no CPU_REPACK unless
+    --no-host. Metal and RPC devices have no host buffer type."""
+    if p.no_host:
+        return None
+    return next((d for d in p.devices if d.has_host_buffer), None)
 
 
 def _repackable(name: str, type_name: str, shape: tuple[int, ...], rules: dict[str, int]) -> bool:
@@ -264,52 +384,73 @@ def _repackable(name: str, type_name: str, shape: tuple[int, ...], rules: dict[s
 
 
 def model_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], output_dev: str) -> list[Buffer]:
+    """One Buffer per model buffer llama-server prints (load_tensors "model buffer size" lines).
+
+    Offloaded weights: Σ PAD(alloc size, alignment) per device (its backend's rules), or, on a backend that maps the
+    file (Metal), the mapped range of its tensors. CPU weights (the input layer, CPU blocks): CPU_REPACK for the
+    repackable ones when no device lends a host buffer type, the mapped range of the file (CPU_Mapped) with mmap, else
+    an allocated buffer: CPU, or the device's host buffer (CUDA_Host...) — see host_weight_device."""
     devs = {d.name: d for d in p.devices}
-    gpu_bytes: dict[str, int] = {}
-    cpu_ranges: dict[int, list[int]] = {}  # file index -> [first, last] absolute offsets (mmap)
-    cpu_mapped_used: dict[int, int] = {}  # file index -> bytes of the tensors the CPU reads from the mapping
-    cpu_alloc = 0  # CPU bytes when not memory-mapped
-    repack = 0
+    host_dev = host_weight_device(p)
+    sized: dict[str, int] = {}  # buffer name -> bytes, for allocated buffers
+    sized_dev: dict[str, str] = {}  # buffer name -> device
+    ranges: dict[tuple[str, int], list[int]] = {}  # (buffer name, file index) -> [first, last] offsets (mapped)
+    used: dict[tuple[str, int], int] = {}  # bytes of the tensors read from each mapped range
+    mapped_dev: dict[str, str] = {}  # mapped buffer name -> device
+
+    def add_sized(name: str, dev: str, nbytes: int) -> None:
+        sized[name] = sized.get(name, 0) + nbytes
+        sized_dev[name] = dev
+
+    def add_mapped(name: str, dev: str, t: Any) -> None:
+        start = spec.data_offsets[t.file_index] + t.offset
+        r = ranges.setdefault((name, t.file_index), [start, start + t.nbytes])
+        r[0], r[1] = min(r[0], start), max(r[1], start + t.nbytes)
+        used[(name, t.file_index)] = used.get((name, t.file_index), 0) + t.nbytes
+        mapped_dev[name] = dev
+
+    def place_offloaded(d: Device, t: Any) -> None:
+        if p.mmap and d.rules.maps_weights and not d.backend.remote:
+            add_mapped(f"{d.buffer_name}_Mapped", d.name, t)
+        else:
+            add_sized(d.buffer_name, d.name, _alloc_size(d, t.type_name, t.nbytes, t.shape[0]))
+
     for t, li in zip(spec.tensors, spec.tensor_layer):
         if spec.n_layer_nextn and spec.n_layer - spec.n_layer_nextn <= li < spec.n_layer:
             continue  # NextN/MTP tensors are skipped unless an MTP context is requested
         dev = CPU if li < 0 else (output_dev if li >= spec.n_layer else layer_dev[li])
-        tname = t.type_name
         if dev != CPU:
-            gpu_bytes[dev] = gpu_bytes.get(dev, 0) + _alloc_size(devs[dev], tname, t.nbytes, t.shape[0])
-            continue
-        if p.repack and _repackable(t.name, tname, t.shape, p.cpu_repack):
-            repack += pad(t.nbytes, CPU_ALIGNMENT)
-            continue
-        if p.mmap:
-            start = spec.data_offsets[t.file_index] + t.offset
-            r = cpu_ranges.setdefault(t.file_index, [start, start + t.nbytes])
-            r[0], r[1] = min(r[0], start), max(r[1], start + t.nbytes)
-            cpu_mapped_used[t.file_index] = cpu_mapped_used.get(t.file_index, 0) + t.nbytes
+            place_offloaded(devs[dev], t)
+        elif host_dev is None and p.repack and _repackable(t.name, t.type_name, t.shape, p.cpu_repack):
+            add_sized("CPU_REPACK", CPU, pad(t.nbytes, CPU_ALIGNMENT))
+        elif p.mmap:
+            add_mapped("CPU_Mapped", CPU, t)
+        elif host_dev is not None:
+            add_sized(host_dev.backend.host_buffer or CPU, CPU, pad(t.nbytes, host_dev.backend.host_alignment))
         else:
-            cpu_alloc += pad(t.nbytes, CPU_ALIGNMENT)
+            add_sized(CPU, CPU, pad(t.nbytes, CPU_ALIGNMENT))
     # A tied output (no output.weight) is token_embd duplicated onto the output layer's device; on the CPU the
     # duplicate shares the input copy (measured: no extra bytes with or without mmap).
     if spec.tied_output and output_dev != CPU:
         emb = next((t for t in spec.tensors if t.name == "token_embd.weight"), None)
         if emb is not None:
-            d = devs[output_dev]
-            gpu_bytes[output_dev] = gpu_bytes.get(output_dev, 0) + _alloc_size(d, emb.type_name, emb.nbytes,
-                                                                               emb.shape[0])
+            place_offloaded(devs[output_dev], emb)
+    if host_dev is not None and host_dev.backend.host_extra:
+        name = host_dev.backend.host_buffer or CPU
+        if name in sized:
+            sized[name] += host_dev.backend.host_extra
     out: list[Buffer] = []
-    for dev in p.devices:
-        if gpu_bytes.get(dev.name):
-            out.append(Buffer(dev.name, "model", gpu_bytes[dev.name], dev.name))
-    for idx in sorted(cpu_ranges):
-        first, last = cpu_ranges[idx]
+    for d in p.devices:  # devices first, in their order, then the CPU's
+        if sized.get(d.buffer_name) and sized_dev[d.buffer_name] == d.name:
+            out.append(Buffer(d.name, "model", sized[d.buffer_name], d.buffer_name))
+    for (name, idx), (first, last) in sorted(ranges.items(), key=lambda kv: (mapped_dev[kv[0][0]] == CPU, kv[0])):
         # The mapped range also spans tensors that live elsewhere (repacked, offloaded): their pages are read once
         # while loading and are reclaimable page cache afterwards, so they do not count as resident.
-        out.append(Buffer(CPU, "model", last - first, "CPU_Mapped", f"file {idx + 1}" if idx else "",
-                          resident=min(last - first, cpu_mapped_used[idx])))
-    if cpu_alloc:
-        out.append(Buffer(CPU, "model", cpu_alloc, "CPU"))
-    if repack:
-        out.append(Buffer(CPU, "model", repack, "CPU_REPACK"))
+        out.append(Buffer(mapped_dev[name], "model", last - first, name, f"file {idx + 1}" if idx else "",
+                          resident=min(last - first, used[(name, idx)])))
+    for name in (host_dev.backend.host_buffer if host_dev else None, CPU, "CPU_REPACK"):
+        if name and sized.get(name) and sized_dev[name] == CPU:
+            out.append(Buffer(CPU, "model", sized[name], name))
     return out
 
 
@@ -349,8 +490,8 @@ def _kv_cache(spec: ModelSpec, p: Params, layers: list[int], kv_size: int, v_tra
         per_dev[dev_name] = per_dev.get(dev_name, 0) + size
         n_layers[dev_name] = n_layers.get(dev_name, 0) + 1
     order = [d.name for d in p.devices] + [CPU]
-    return [Buffer(d, "kv", per_dev[d], d, f"{label}{kv_size} cells {n_layers[d]} layers")
-            for d in order if per_dev.get(d)]
+    return [Buffer(d, "kv", per_dev[d], devs[d].buffer_name if d in devs else d,
+                   f"{label}{kv_size} cells {n_layers[d]} layers") for d in order if per_dev.get(d)]
 
 
 def kv_buffers(spec: ModelSpec, p: Params, kv_size: int, n_ubatch: int, flash_attn: bool,
@@ -380,7 +521,8 @@ def kv_buffers(spec: ModelSpec, p: Params, kv_size: int, n_ubatch: int, flash_at
             size = _alloc_size(dev, "f32", 4 * spec.n_embd_r * rows, spec.n_embd_r)
             size += _alloc_size(dev, "f32", 4 * spec.n_embd_s * rows, spec.n_embd_s)
             per_dev[d] = per_dev.get(d, 0) + size
-        out += [Buffer(d, "kv", b, d, f"recurrent {len(rec)} layers") for d, b in per_dev.items()]
+        names = {x.name: x.buffer_name for x in p.devices}
+        out += [Buffer(d, "kv", b, names.get(d, d), f"recurrent {len(rec)} layers") for d, b in per_dev.items()]
     return out, n_swa_cells
 
 
@@ -560,6 +702,7 @@ def estimate(spec: ModelSpec, params: Params, memo: dict | None = None) -> Estim
     buffers = list(weights)
     kv, n_swa_cells = kv_buffers(spec, p, n_ctx_seq, n_ubatch, fa, layer_dev)
     buffers += kv
+    # output_reserve: the output device's host buffer type (CUDA_Host...), the CPU's when it has none (Metal, RPC)
     host = CPU if out_dev == CPU else next(d.host_buffer for d in p.devices if d.name == out_dev)
     buffers.append(Buffer(CPU, "output", output_bytes(spec, p), host))
     n_tokens = min(n_ctx, n_ubatch)

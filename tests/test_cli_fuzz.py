@@ -360,7 +360,7 @@ EXACT = {  # case id -> (exit status, the whole of stderr); {S} is the shared sa
                                           "one such type"),
     "plan-runtime-'x'": (2, E + "--runtime must be llamacpp or ollama, got 'x'"),
     "plan-chart-5": (2, E + "--chart {S}/fifo.svg is not a regular file; autoctx replaces only a regular file"),
-    "estimate-devices-1": (2, E + "--devices lists GPUs only (the CPU is always there)"),
+    "estimate-devices-1": (2, E + "--devices lists GPUs and RPC devices only (the CPU is always there)"),
     "estimate-args-22": (2, E + f"-c {10**30} is out of range (llama-server reads a 32-bit integer)"),
     "estimate-args-24": (2, E + "-np 257: llama.cpp runs at most 256 slots (LLAMA_MAX_SEQ)"),
     "estimate-args-21": (2, E + "-ts expects proportions (numbers >= 0), got '-1,2'"),

@@ -7,6 +7,7 @@ them take a value.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 from ...errors import ArgsError
@@ -28,6 +29,7 @@ SPELLINGS: dict[str, tuple[str, ...]] = {
     "swa_full": ("--swa-full",),
     "repack": ("--repack",),
     "no_repack": ("-nr", "--no-repack"),
+    "no_host": ("--no-host",),
     "fit": ("-fit", "--fit"),
     "load_mode": ("-lm", "--load-mode"),
     "nkvo": ("-nkvo", "--no-kv-offload"),
@@ -35,6 +37,7 @@ SPELLINGS: dict[str, tuple[str, ...]] = {
     "ts": ("-ts", "--tensor-split"),
     "embedding": ("--embedding", "--embeddings"),
     "rerank": ("--rerank", "--reranking"),  # sets embedding too (and pooling = rank, which the server applies)
+    "rpc": ("--rpc",),  # RPC servers: their devices come first (src/llama.cpp); passed through as given
     "model": ("-m", "--model"),
 }
 _BY_SPELLING = {s: name for name, spellings in SPELLINGS.items() for s in spellings}
@@ -94,12 +97,17 @@ def parse_server_args(argv: list[str], base: Params | None = None) -> ParsedArgs
             flag = flag.replace("_", "-")  # arg.cpp accepts --ctx_size for --ctx-size
         name = _BY_SPELLING.get(flag)
         takes = FLAGS.get(flag)
-        if name is None or name == "rerank":
+        if name is None or name in ("rerank", "rpc"):
             if not tok.startswith("-") or tok == "-":
                 raise ArgsError(f"unexpected argument {tok!r} (the model goes first; llama-server flags after it)")
             if name == "rerank":
                 p = replace(p, embeddings=True)
                 out.explicit.add("embedding")
+            if name == "rpc":
+                value = inline if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+                p = replace(p, devices=rpc_devices(flag, value) + tuple(d for d in p.devices
+                                                                         if not d.backend.remote))
+                out.explicit.add("rpc")
             n = 1
             if takes and not eq:
                 if i + 1 >= len(argv):
@@ -166,6 +174,8 @@ def parse_server_args(argv: list[str], base: Params | None = None) -> ParsedArgs
             p = replace(p, repack=True)
         elif name == "no_repack":
             p = replace(p, repack=False)
+        elif name == "no_host":
+            p = replace(p, no_host=True)
         elif name == "fit":
             p = replace(p, fit=_onoff(flag, value) == "on")
         elif name == "load_mode":
@@ -225,6 +235,78 @@ def with_devices(p: Params, devices: list[Device]) -> Params:
     return replace(p, devices=tuple(devices))
 
 
+_ENDPOINT = re.compile(r"(?P<host>[^\s,@\[\]]+):(?P<port>\d{1,5})")
+
+
+def _endpoint(flag: str, text: str) -> str:
+    m = _ENDPOINT.fullmatch(text.strip())
+    if not m or not 1 <= int(m["port"]) <= 65535:
+        raise ArgsError(f"{flag}: expected host:port for an RPC server, got {text!r}")
+    return f"{m['host']}:{int(m['port'])}"
+
+
+def rpc_devices(flag: str, value: str) -> tuple[Device, ...]:
+    """--rpc host:port,...: one device per server (rpc-server's default on a machine without GPUs: its CPU), named
+    RPC0, RPC1... in order (ggml-rpc.cpp ggml_backend_rpc_add_server), the worker's backend assumed CPU."""
+    if not value.strip():
+        raise ArgsError(f"{flag} expects host:port[,host:port...]")
+    return tuple(Device(f"RPC{k}", endpoint=_endpoint(flag, ep)) for k, ep in enumerate(value.split(",")))
+
+
+_DEVICE = re.compile(r"(?P<prefix>[A-Za-z]+)(?P<index>[0-9]*)(?:\[(?P<endpoint>[^\]]*)\])?")
+
+
+def parse_devices(flag: str, text: str) -> list[Device]:
+    """A device list as llama.cpp names devices, for `--devices`: CUDA0, ROCm1, MUSA0, Vulkan0, MTL0 (or Metal0),
+    SYCL0, RPC0, or an RPC buffer's name RPC<i>[host:port] (the i-th device of the worker at host:port). Case does
+    not matter. Each name may end in @-options: a number is the device's buffer alignment (for backends where it is
+    the device's own, e.g. Vulkan0@4), a backend name is an RPC device's worker backend (RPC0[10.0.0.2:50052]@cuda;
+    default cpu). RPC devices are numbered across the list as llama.cpp numbers them (RPC0, RPC1... in order)."""
+    from ...memory import BACKEND_ALIASES, BACKENDS, known_backends
+    from ...units import MAX_DEVICE_INDEX
+
+    by_lower = {b.lower(): b for b in BACKENDS if b != "CPU"} | {a.lower(): b for a, b in BACKEND_ALIASES.items()}
+    out: list[Device] = []
+    n_rpc = 0
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        head, *opts = item.split("@")
+        m = _DEVICE.fullmatch(head.strip())
+        backend = by_lower.get(m["prefix"].lower()) if m else None
+        if m and m["prefix"].lower() == "cpu":
+            raise ArgsError(f"{flag} lists GPUs and RPC devices only (the CPU is always there)")
+        if not m or backend is None or (m["endpoint"] is not None and backend != "RPC") or \
+                (not m["index"] and m["endpoint"] is None):
+            raise ArgsError(f"{flag}: unknown device {item!r} (known backends: {known_backends()}; e.g. cuda0, "
+                            "vulkan1, mtl0, rpc0, RPC0[127.0.0.1:50052])")
+        index = int(m["index"] or 0)
+        if index > MAX_DEVICE_INDEX:
+            raise ArgsError(f"{flag}: unknown device {item!r}: device numbers go up to {MAX_DEVICE_INDEX}")
+        kw: dict = {}
+        for opt in (o.strip() for o in opts):
+            if opt.isascii() and opt.isdigit():
+                align = int(opt)
+                if not 1 <= align <= 1 << 20 or align & (align - 1):
+                    raise ArgsError(f"{flag}: {item!r}: an alignment is a power of two up to 1 MiB, got {opt}")
+                kw["align"] = align
+            elif backend == "RPC" and (opt.lower() == "cpu" or by_lower.get(opt.lower()) not in (None, "RPC")):
+                kw["remote"] = "CPU" if opt.lower() == "cpu" else by_lower[opt.lower()]
+            else:
+                raise ArgsError(f"{flag}: {item!r}: unknown option {opt!r} (an alignment in bytes, or for an RPC "
+                                f"device its worker's backend: cpu, {known_backends().replace(', RPC', '')})")
+        if backend == "RPC":
+            if m["endpoint"] is not None:
+                kw.update(endpoint=_endpoint(flag, m["endpoint"]), remote_index=index)
+                index = n_rpc
+            n_rpc += 1
+        name = f"{backend}{index}"
+        if any(d.name == name for d in out):
+            raise ArgsError(f"{flag} names {name} twice")
+        out.append(Device(name, **kw))
+    return out
+
+
 def _num(x: float) -> str:
     s = f"{x:g}"
     return s if float(s) == x else repr(x)
@@ -243,6 +325,8 @@ def to_server_args(p: Params, model: str | None = None) -> list[str]:
         argv.append("--swa-full")
     if not p.repack:
         argv.append("--no-repack")
+    if p.no_host:
+        argv.append("--no-host")
     if not p.mmap:
         argv += ["--load-mode", "none"]
     if not p.offload_kqv:

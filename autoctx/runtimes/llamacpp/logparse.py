@@ -67,12 +67,21 @@ OOM_PATTERNS = (
 
 
 _CPU_BUFFERS = ("AMX",)  # CPU-side extra buffer types whose name does not start with CPU (ggml-cpu/amx/amx.cpp)
+# ggml-rpc.cpp: an RPC buffer type is named RPC<i>[host:port], i the device's index on that worker, while the device
+# is RPC<n>, numbered across all --rpc servers ("using device RPC1 (127.0.0.1:50053)")
+_RPC_BUFFER = re.compile(r"RPC(?P<index>\d+)\[(?P<endpoint>[^\]]*)\]")
 
 
-def buffer_device(name: str) -> str:
-    """Device a llama.cpp buffer name lives on: CPU_Mapped/CPU_REPACK/CUDA_Host/AMX → CPU, CUDA0 → CUDA0."""
+def buffer_device(name: str, devices: list[UsedDevice] | None = None) -> str:
+    """Device a llama.cpp buffer name lives on: CPU_Mapped/CPU_REPACK/CUDA_Host/AMX → CPU, CUDA0 → CUDA0,
+    MTL0_Mapped → MTL0, RPC0[host:port] → the RPC device of that worker the log's `using device` lines name (the
+    buffer's own name when they do not)."""
     if name.startswith("CPU") or name.endswith("_Host") or name in _CPU_BUFFERS:
         return "CPU"
+    m = _RPC_BUFFER.fullmatch(name)
+    if m:
+        same = [d.name for d in devices or [] if d.description == m["endpoint"] and d.name.startswith("RPC")]
+        return same[int(m["index"])] if int(m["index"]) < len(same) else name
     return name.split("_")[0]
 
 
@@ -188,7 +197,8 @@ def _parse_line(log: ServerLog, line: str, breakdown: list[BreakdownRow]) -> Non
         m = _BUF.search(line)
         if m:
             name = m["name"]
-            log.buffers.append(LoggedBuffer(buffer_device(name), _KIND[m["what"]], name, float(m["mib"]), m["fn"]))
+            log.buffers.append(LoggedBuffer(buffer_device(name, log.devices_used), _KIND[m["what"]], name,
+                                            float(m["mib"]), m["fn"]))
             return
     if "llama_kv_cache: size" in line:
         m = _KV_SUMMARY.search(line)
