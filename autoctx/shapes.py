@@ -250,10 +250,11 @@ def _shape(name: str, title: str, arch: str, source: str, n_vocab: int, arch_kv:
 
 def _llama(name: str, title: str, source: str, *, n_layer: int, n_ctx: int, n_embd: int, n_ff: int, n_head: int,
            n_head_kv: int, n_vocab: int, rope_base: float, rms_eps: float, llama3_rope: bool = False,
-           n_expert: int = 0, n_expert_used: int = 0, specials: dict[str, int]) -> Shape:
-    """LLM_ARCH_LLAMA: Llama 2/3, Mistral, and Mixtral (experts in merged ffn_*_exps tensors)."""
+           n_expert: int = 0, n_expert_used: int = 0, tied: bool = False, specials: dict[str, int]) -> Shape:
+    """LLM_ARCH_LLAMA: Llama 2/3, Mistral, and Mixtral (experts in merged ffn_*_exps tensors). `tied`: no
+    output.weight, the embedding doubles as the output (Llama 3.2 1B/3B)."""
     head_dim = n_embd // n_head
-    t = _Tensors(tied=False)
+    t = _Tensors(tied=tied)
     t.embeddings(n_embd, n_vocab)
     if llama3_rope:
         # Llama 3.1 "llama3" rope scaling is baked into per-dimension frequency factors, one F32 per rotary pair.
@@ -286,11 +287,13 @@ def _llama(name: str, title: str, source: str, *, n_layer: int, n_ctx: int, n_em
 
 def _qwen(name: str, title: str, source: str, *, arch: str, n_layer: int, n_ctx: int, n_embd: int, n_ff: int,
           n_head: int, n_head_kv: int, n_vocab: int, rope_base: float, rms_eps: float, head_dim: int | None = None,
-          n_expert: int = 0, n_expert_used: int = 0, n_ff_exp: int = 0, specials: dict[str, int]) -> Shape:
-    """qwen2 (q/k/v biases), qwen3 (q/k RMS norms, explicit head_dim) and qwen3moe (qwen3 + routed experts)."""
+          n_expert: int = 0, n_expert_used: int = 0, n_ff_exp: int = 0, tied: bool = False,
+          specials: dict[str, int]) -> Shape:
+    """qwen2 (q/k/v biases), qwen3 (q/k RMS norms, explicit head_dim) and qwen3moe (qwen3 + routed experts).
+    `tied`: no output.weight (the small Qwen2.5 models)."""
     qwen3 = arch in ("qwen3", "qwen3moe")
     hd = head_dim or n_embd // n_head
-    t = _Tensors(tied=False)
+    t = _Tensors(tied=tied)
     t.embeddings(n_embd, n_vocab)
     for i in range(n_layer):
         t.blk(i, "attn_norm", n_embd)
@@ -404,6 +407,12 @@ def llama_3_1_8b() -> Shape:
                   rope_base=500000.0, rms_eps=1e-5, llama3_rope=True, specials=_LLAMA3_SPECIALS)
 
 
+def llama_3_2_1b() -> Shape:
+    return _llama("llama-3.2-1b", "Llama-3.2-1B-Instruct Q4_K_M", "meta-llama/Llama-3.2-1B-Instruct",
+                  n_layer=16, n_ctx=131072, n_embd=2048, n_ff=8192, n_head=32, n_head_kv=8, n_vocab=128256,
+                  rope_base=500000.0, rms_eps=1e-5, llama3_rope=True, tied=True, specials=_LLAMA3_SPECIALS)
+
+
 def llama_2_7b() -> Shape:
     return _llama("llama-2-7b", "Llama-2-7b-chat Q4_K_M", "meta-llama/Llama-2-7b-chat-hf",
                   n_layer=32, n_ctx=4096, n_embd=4096, n_ff=11008, n_head=32, n_head_kv=32, n_vocab=32000,
@@ -426,6 +435,13 @@ def mixtral_8x7b() -> Shape:
     return _llama("mixtral-8x7b", "Mixtral-8x7B-Instruct-v0.1 Q4_K_M", "mistralai/Mixtral-8x7B-Instruct-v0.1",
                   n_layer=32, n_ctx=32768, n_embd=4096, n_ff=14336, n_head=32, n_head_kv=8, n_vocab=32000,
                   rope_base=1000000.0, rms_eps=1e-5, n_expert=8, n_expert_used=2, specials=_MISTRAL_SPECIALS)
+
+
+def qwen2_5_0_5b() -> Shape:
+    # n_embd 896 is no multiple of 256: most weights fall back to Q8_0 (as the published Q4_K_M mixes Q5_0/Q8_0)
+    return _qwen("qwen2.5-0.5b", "Qwen2.5-0.5B-Instruct Q4_K_M", "Qwen/Qwen2.5-0.5B-Instruct", arch="qwen2",
+                 n_layer=24, n_ctx=32768, n_embd=896, n_ff=4864, n_head=14, n_head_kv=2, n_vocab=151936,
+                 rope_base=1000000.0, rms_eps=1e-6, tied=True, specials=_QWEN_SPECIALS)
 
 
 def qwen2_5_7b() -> Shape:
@@ -658,10 +674,12 @@ def command_r7b() -> Shape:
 
 SHAPES: dict[str, Callable[[], Shape]] = {
     "llama-3.1-8b": llama_3_1_8b,
+    "llama-3.2-1b": llama_3_2_1b,
     "llama-2-7b": llama_2_7b,
     "llama-3.1-70b": llama_3_1_70b,
     "mistral-7b": mistral_7b,
     "mixtral-8x7b": mixtral_8x7b,
+    "qwen2.5-0.5b": qwen2_5_0_5b,
     "qwen2.5-7b": qwen2_5_7b,
     "qwen2.5-14b": qwen2_5_14b,
     "qwen2.5-32b": qwen2_5_32b,

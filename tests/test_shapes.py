@@ -37,6 +37,8 @@ EXPECTED = {
     "qwen2.5-14b": (579, 9452527616),
     "deepseek-r1-14b": (579, 9452527616),
     "gemma-3-27b": (808, 17584421888),
+    "qwen2.5-0.5b": (290, 499788288),  # tied embedding, n_embd 896: Q8_0 fallbacks
+    "llama-3.2-1b": (147, 836628608),  # tied embedding
 }
 
 MiB = 1024 * 1024
