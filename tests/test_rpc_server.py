@@ -1,0 +1,271 @@
+"""A real multi-device llama.cpp on this CPU machine: two ggml-rpc-server workers on loopback, the real llama-server
+splitting a model across them (RPC0, RPC1) and the local CPU, and autoctx predicting every buffer it prints.
+
+The workers are the pinned build's ggml-rpc-server (scripts/llama-server-path --bin ggml-rpc-server), bound to
+127.0.0.1 on ephemeral ports, one thread each, stopped when the module is done. Each worker exposes its CPU, so an
+RPC device follows the CPU backend's buffer rules (alignment 32, no quantized-row padding) while the host side (the
+CPU's weights, the output buffer, the host compute buffer) is the local CPU's, and neither device lends a host
+buffer type, so the CPU's weights may still be repacked. What these runs prove, none of it CUDA-specific:
+layers split by -ts and by the devices' free memory, -ngl counting the output layer first, the output layer's device,
+the tied embedding copied onto the output device, KV (and SWA KV) per device, -nkvo, quantized KV, no mmap.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from autoctx.memory import estimate
+from autoctx.model import load_spec
+from autoctx.runtimes.llamacpp.args import parse_server_args
+from autoctx.runtimes.llamacpp.server import free_port, last_lines, measure_allocation
+
+ROOT = Path(__file__).resolve().parents[1]
+MiB = 1024 * 1024
+SHAPE = ["--no-repack", "--no-warmup"]  # shape-only GGUFs: zeros, nothing to repack or warm up
+
+# (id, model, llama-server args after --rpc). Small models and contexts: each worker allocates the weights it is sent.
+CASES = [
+    # every layer offloaded, no -ts: split by the workers' free memory; iSWA KV on both; the tied embedding's copy on
+    # RPC1 (the output device) while the CPU keeps the input copy mapped
+    ("gemma-free-split", "gemma", ["--no-warmup", "-c", "4096", "-np", "1"]),
+    # -ngl 10: the output layer + the last 9 blocks on the RPC devices split 1:2, 9 blocks on the CPU; the CPU's
+    # weights are repacked (RPC devices have no host buffer type), KV on three devices, 2 slots
+    ("gemma-ngl10-ts", "gemma", ["--no-warmup", "-c", "4096", "-np", "2", "-ngl", "10", "-ts", "1,2"]),
+    # Q8_0 weights and q8_0 KV whose rows (896, 128) are no multiple of 512: the RPC client asks the CPU worker for
+    # their size (no padding, unlike CUDA); no mmap: the CPU's weights in a plain CPU buffer
+    ("qwen-ngl13-ts-q8kv-nommap", "qwen2.5-0.5b", [*SHAPE, "-c", "2048", "-np", "1", "-ngl", "13", "-ts", "3,1",
+                                                   "-ctk", "q8_0", "-ctv", "q8_0", "--load-mode", "none"]),
+    # -ngl 1 is the output layer alone; -ts 0,1 puts it on RPC1; RPC0 gets nothing
+    ("qwen-ngl1-output-only", "qwen2.5-0.5b", [*SHAPE, "-c", "2048", "-np", "1", "-ngl", "1", "-ts", "0,1"]),
+    # -nkvo: every layer on the RPC devices, their KV on the CPU; 2 slots, separate streams
+    ("llama-nkvo-np2", "llama-3.2-1b", [*SHAPE, "-c", "2048", "-np", "2", "-ts", "1,1", "-nkvo"]),
+]
+CASE_IDS = [c[0] for c in CASES]
+
+
+def _listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:port (/proc/net/tcp: local address 0100007F:PORT, state 0A)."""
+    want = f"0100007F:{port:04X}"
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(f[1] == want and f[3] == "0A" for f in (line.split() for line in lines))
+
+
+def _start_worker(binary: str, folder: Path, k: int) -> tuple[subprocess.Popen, int]:
+    """One ggml-rpc-server on 127.0.0.1, on a port that was free a moment ago (retried if another process took it)."""
+    for attempt in range(5):
+        port = free_port()
+        log = open(folder / f"rpc-worker-{k}-{attempt}.log", "w")
+        proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port), "-t", "1"], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None and not _listening(port):
+            time.sleep(0.05)
+        if proc.poll() is None and _listening(port):
+            return proc, port
+        _stop(proc)
+    raise RuntimeError(f"ggml-rpc-server did not start; see {folder}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def rpc_endpoints(tmp_path_factory):
+    binary = subprocess.run([sys.executable, str(ROOT / "scripts" / "llama-server-path"), "--bin",
+                             "ggml-rpc-server"], capture_output=True, text=True, check=True).stdout.strip()
+    folder = tmp_path_factory.mktemp("rpc")
+    procs: list[subprocess.Popen] = []
+    try:
+        ports = []
+        for k in range(2):
+            proc, port = _start_worker(binary, folder, k)
+            procs.append(proc)
+            ports.append(port)
+        yield [f"127.0.0.1:{p}" for p in ports]
+        for proc in procs:
+            assert proc.poll() is None, "an RPC worker died during the tests"
+    finally:
+        for proc in procs:
+            _stop(proc)
+        assert all(proc.poll() is not None for proc in procs)  # no orphans
+
+
+@pytest.fixture(scope="module")
+def rpc_run(rpc_endpoints, llama_server, gemma_path, shape_file):
+    """rpc_run(case id) -> (Estimate, Measurement, argv): each case loaded once per module."""
+    done: dict[str, tuple] = {}
+
+    def run(case_id: str):
+        if case_id not in done:
+            _, model, args = CASES[CASE_IDS.index(case_id)]
+            path = gemma_path if model == "gemma" else shape_file(model)
+            argv = ["--rpc", ",".join(rpc_endpoints), *args, "--fit", "off"]
+            m = measure_allocation(llama_server, ["-m", path, *argv], timeout=300)
+            assert m.ready, last_lines(m.log_text, 30)
+            p = parse_server_args(argv).params
+            # the default split follows each device's free memory when the model loads: the log says it
+            free = {d.name: d.free_bytes for d in m.log.devices_used}
+            p = replace(p, devices=tuple(replace(d, free_bytes=free[d.name]) for d in p.devices))
+            done[case_id] = (estimate(load_spec(path), p), m, argv, path)
+        return done[case_id]
+
+    return run
+
+
+def _printed(m, kind: str) -> list[tuple[str, str, float]]:
+    return sorted((b.device, b.name, b.mib) for b in m.log.buffers if b.kind == kind)
+
+
+def _predicted(est, kind: str) -> list[tuple[str, str, float]]:
+    return sorted((b.device, b.name, round(b.bytes / MiB, 2)) for b in est.buffers if b.kind == kind)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("case_id", CASE_IDS)
+def test_rpc_buffers_exact(rpc_run, rpc_endpoints, case_id):
+    """Every model, KV and output buffer llama-server prints, by device and buffer name, to the 0.01 MiB it prints;
+    the devices it used, the layers it offloaded and the cache sizes it chose."""
+    est, m, _, _ = rpc_run(case_id)
+    log = m.log
+    assert [(d.name, d.description) for d in log.devices_used] == [("RPC0", rpc_endpoints[0]),
+                                                                   ("RPC1", rpc_endpoints[1])]
+    assert log.offloaded == (est.n_gpu_layers, est.spec.n_layer + 1)
+    assert _predicted(est, "model") == _printed(m, "model")
+    assert _predicted(est, "kv") == _printed(m, "kv")
+    assert _predicted(est, "output") == _printed(m, "output")
+    assert [c.cells for c in log.kv_caches] == ([est.kv_cells, est.swa_cells] if est.swa_cells else [est.kv_cells])
+    assert int(log.cparams["n_ctx"]) == est.n_ctx
+
+
+def _split(est) -> tuple[list[str], str]:
+    return est.layer_device, est.output_device
+
+
+@pytest.mark.server
+def test_rpc_placement_rules(rpc_run):
+    """The placements the exact buffers above come from, spelled out (llama-model.cpp load_tensors)."""
+    est, m, _, _ = rpc_run("gemma-free-split")
+    # 18 blocks + output = 19 offloaded layers split by free memory, equal on one host: il/19 < 0.5 -> RPC0
+    free = [d.free_bytes for d in m.log.devices_used]
+    assert abs(free[0] - free[1]) < 0.05 * free[0]  # two workers on one machine report about the same free memory
+    assert _split(est) == (["RPC0"] * 10 + ["RPC1"] * 8, "RPC1")
+    emb = next(t for t in est.spec.tensors if t.name == "token_embd.weight")
+    rpc1 = next(b for b in est.buffers if b.kind == "model" and b.device == "RPC1")
+    assert rpc1.bytes > emb.nbytes  # the tied embedding's copy sits on the output device...
+    assert next(b for b in est.buffers if b.name == "CPU_Mapped").bytes >= emb.nbytes  # ...and the CPU keeps its own
+
+    est, m, _, _ = rpc_run("gemma-ngl10-ts")
+    # -ngl 10: output first, then the last 9 blocks; -ts 1,2 over 10 layers: (il-9)/10 < 1/3 -> RPC0
+    assert _split(est) == (["CPU"] * 9 + ["RPC0"] * 4 + ["RPC1"] * 5, "RPC1")
+    assert {b.name for b in est.buffers if b.kind == "model" and b.device == "CPU"} == {"CPU_Mapped", "CPU_REPACK"}
+    assert {b.device for b in est.buffers if b.kind == "kv"} == {"CPU", "RPC0", "RPC1"}
+
+    est, m, _, _ = rpc_run("qwen-ngl13-ts-q8kv-nommap")
+    assert _split(est) == (["CPU"] * 12 + ["RPC0"] * 10 + ["RPC1"] * 2, "RPC1")
+    assert {b.name for b in est.buffers if b.kind == "model" and b.device == "CPU"} == {"CPU"}  # no mmap
+
+    est, m, _, _ = rpc_run("qwen-ngl1-output-only")
+    assert _split(est) == (["CPU"] * 24, "RPC1")
+    assert not [b for b in m.log.buffers if b.device == "RPC0" and b.kind in ("model", "kv")]
+
+    est, m, _, _ = rpc_run("llama-nkvo-np2")
+    assert _split(est) == (["RPC0"] * 9 + ["RPC1"] * 7, "RPC1")  # 17 layers, 1:1: il/17 < 0.5 -> RPC0
+    assert {b.device for b in est.buffers if b.kind == "kv"} == {"CPU"}
+
+
+@pytest.mark.server
+def test_rpc_sizes_follow_the_worker_backend(rpc_run):
+    """RPC0 holds 10 blocks of Q8_0 weights and q8_0 KV with rows of 896 and 128 elements: CUDA's rules (a CUDA
+    worker: 128-byte alignment, quantized rows padded to 512) would make its buffers 141.14 and 5.32 MiB; the CPU
+    workers allocated the CPU rules' 141.12 and 5.31 MiB. The sizes are the worker backend's, not the client's."""
+    est, m, _, _ = rpc_run("qwen-ngl13-ts-q8kv-nommap")
+    p = est.params
+    cuda = estimate(est.spec, replace(p, devices=tuple(replace(d, remote="CUDA") for d in p.devices)))
+
+    def rpc0(buffers, kind):
+        return [round(b.bytes / MiB, 2) for b in buffers if b.device == "RPC0" and b.kind == kind]
+
+    printed = {k: [b.mib for b in m.log.buffers if b.device == "RPC0" and b.kind == k] for k in ("model", "kv")}
+    assert printed == {"model": [141.12], "kv": [5.31]} == {k: rpc0(est.buffers, k) for k in printed}
+    assert {k: rpc0(cuda.buffers, k) for k in printed} == {"model": [141.14], "kv": [5.32]}
+
+
+@pytest.mark.server
+def test_rpc_estimate_cli_names_rpc_devices(rpc_run, rpc_endpoints):
+    """`autoctx estimate --devices` with the RPC buffer names llama-server printed: the same exact buffers."""
+    _, m, argv, path = rpc_run("qwen-ngl13-ts-q8kv-nommap")
+    args = [a for a in argv if a not in ("--rpc", ",".join(rpc_endpoints))]
+    devices = ",".join(f"RPC0[{ep}]" for ep in rpc_endpoints)
+    r = subprocess.run([sys.executable, "-m", "autoctx.cli", "estimate", path, *args, "--devices", devices, "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    got = sorted((b["device"], b["name"], round(b["bytes"] / MiB, 2)) for b in d["buffers"]
+                 if b["kind"] in ("model", "kv", "output"))
+    assert got == sorted((b.device, b.name, b.mib) for b in m.log.buffers if b.kind in ("model", "kv", "output"))
+    assert "RPC worker assumed to run its CPU" in r.stderr
+
+
+# Compute buffers: memory.py's GPU compute model (being reworked) against what the RPC runs printed, per device.
+# Asserted within 10 % where it holds; the rest are strict xfails (predicted vs printed MiB in the reason), so a
+# rework that fixes one fails here until it is moved out of this table.
+_PP = "pipeline parallelism (every layer on 2 devices, KV offloaded): inputs kept in 4 copies, not modelled yet"
+_CPU_PART = ("partial offload: the CPU runs its own layers' graph (an RPC device offloads no ops: ggml-rpc.cpp "
+             "offload_op is NULL), memory.py counts only the host-side input embeddings")
+_GPU_PART = ("a device holding some layers gets the whole closed-form peak, plus the largest CPU weight for an op "
+             "offload that RPC devices never do")
+COMPUTE_MISSES: dict[tuple[str, str], str] = {
+    ("gemma-free-split", "RPC0"): f"{_PP}: 23.27 predicted vs 52.84 printed",
+    ("gemma-free-split", "RPC1"): f"{_PP}: 23.27 vs 41.57",
+    ("gemma-free-split", "CPU"): f"{_PP}: 2.52 vs 32.61",
+    ("gemma-ngl10-ts", "RPC0"): f"{_GPU_PART}: 22.29 vs 17.52",
+    ("gemma-ngl10-ts", "RPC1"): f"{_GPU_PART}: 21.27 vs 17.52",
+    ("gemma-ngl10-ts", "CPU"): f"{_CPU_PART}: 2.52 vs 21.28",
+    ("qwen-ngl13-ts-q8kv-nommap", "RPC0"): f"{_GPU_PART}: 43.72 vs 34.04",
+    ("qwen-ngl13-ts-q8kv-nommap", "RPC1"): f"{_GPU_PART}: 39.30 vs 34.04",
+    ("qwen-ngl13-ts-q8kv-nommap", "CPU"): f"{_CPU_PART}: 3.52 vs 39.30",
+    ("qwen-ngl1-output-only", "RPC1"): "the output layer alone needs only its logits (1 output row): 43.69 vs 0.58",
+    ("qwen-ngl1-output-only", "CPU"): f"{_CPU_PART}: 3.52 vs 39.27",
+    ("llama-nkvo-np2", "RPC1"): "-nkvo, last device (the output layer's): 69.02 vs 61.00",
+    ("llama-nkvo-np2", "CPU"): "-nkvo: attention runs on the CPU with the KV, not modelled: 8.02 vs 17.02",
+}
+COMPUTE_CASES = [(c, d) for c in CASE_IDS for d in ("RPC0", "RPC1", "CPU")
+                 if (c, d) != ("qwen-ngl1-output-only", "RPC0")]  # RPC0 holds nothing there
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("case_id", CASE_IDS)
+def test_rpc_compute_buffer_devices(rpc_run, case_id):
+    """The devices that print a compute buffer are the ones predicted to (RPC0 holds nothing with -ngl 1 -ts 0,1)."""
+    est, m, _, _ = rpc_run(case_id)
+    assert sorted(b.device for b in est.buffers if b.kind == "compute") == \
+        sorted(b.device for b in m.log.buffers if b.kind == "compute")
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("case_id,device", COMPUTE_CASES, ids=[f"{c}-{d}" for c, d in COMPUTE_CASES])
+def test_rpc_compute_buffer(rpc_run, case_id, device, request):
+    if (case_id, device) in COMPUTE_MISSES:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=COMPUTE_MISSES[case_id, device]))
+    est, m, _, _ = rpc_run(case_id)
+    got = m.log.mib("compute", device)
+    pred = est.kind_bytes("compute", device) / MiB
+    assert got > 0 and abs(pred - got) <= 0.10 * got, (pred, got)
