@@ -675,7 +675,7 @@ def _placed_weights(spec: ModelSpec, p: Params, layer_dev: list[str], out_dev: s
     The planner estimates the same placement at many context sizes and KV types; with `memo` (a dict the caller
     keeps for one ModelSpec) each placement walks the tensors once, so a plan's work does not grow with tensors ×
     estimates. The key holds every input of the two walks besides the spec."""
-    key = (tuple(layer_dev), out_dev, p.devices, p.repack, p.mmap, tuple(sorted(p.cpu_repack.items())))
+    key = (tuple(layer_dev), out_dev, p.devices, p.repack, p.no_host, p.mmap, tuple(sorted(p.cpu_repack.items())))
     if memo is not None and key in memo:
         return memo[key]
     offloaded = any(d != CPU for d in layer_dev) or out_dev != CPU
