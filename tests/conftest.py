@@ -1,7 +1,8 @@
 """Shared fixtures: the real llama-server (built from the pinned sdist), the real Gemma-3-270M GGUF, shape-only GGUFs.
 
-Building llama-server the first time takes ~12 minutes (scripts/llama-server-path caches it); the Makefile's
-`test` target builds it before pytest starts, so a test never waits on it silently.
+Building llama-server (with the ggml-rpc-server worker the RPC tests start) the first time takes ~18 minutes on 2
+cores (scripts/llama-server-path caches it); the Makefile's `test` target builds it before pytest starts, so a test
+never waits on it silently.
 """
 
 from __future__ import annotations
