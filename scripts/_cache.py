@@ -11,10 +11,14 @@ import hashlib
 import os
 import re
 import sys
-import tomllib
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11 (a GPU machine's python3): tomli, which scripts/gpu-carry-prepare carries
+    import tomli as tomllib  # type: ignore[no-redef]
 
 HERE = Path(__file__).resolve().parent
 PINS = tomllib.loads((HERE.parent / "autoctx" / "data" / "pins.toml").read_text())  # autoctx reads it too
