@@ -328,7 +328,9 @@ class Printed:
 
 def printed_buffers(g: GpuLog) -> list[Printed]:
     """Every buffer line, in order, whatever the function prefix of its build (llama_new_context_with_model,
-    llama_init_from_model, llama_context, sched_reserve...), each KV line tagged with the iSWA cache it belongs to."""
+    llama_init_from_model, llama_context, sched_reserve...), each KV line tagged with the iSWA cache it belongs to.
+    `device_names` in the header renames a device as an older build printed it (Metal) to today's name (MTL0)."""
+    rename: dict[str, str] = g.meta.get("device_names", {})
     out: list[Printed] = []
     cache = ""
     for line in g.body.splitlines():
@@ -339,7 +341,8 @@ def printed_buffers(g: GpuLog) -> list[Printed]:
         m = _BUFFER.search(line)
         if m:
             what = {"KV": "kv", "RS": "rs"}.get(m["what"], m["what"])
-            out.append(Printed(what, m["name"], cache if what == "kv" else "", float(m["mib"])))
+            out.append(Printed(what, rename.get(m["name"], m["name"]), cache if what == "kv" else "",
+                               float(m["mib"])))
     return out
 
 
