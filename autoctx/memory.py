@@ -113,7 +113,9 @@ def backend_of(name: str) -> Backend:
     """The backend of a device named as llama.cpp prints it (CUDA0, Vulkan1, MTL0, RPC0, RPC0[host:port])."""
     prefix = name.split("[", 1)[0].rstrip("0123456789")
     prefix = BACKEND_ALIASES.get(prefix, prefix)
-    if prefix not in BACKENDS or prefix == "CPU":
+    if prefix == "CPU":
+        raise ArgsError(f"{name!r} is the CPU, which is always there: devices are what llama.cpp offloads to")
+    if prefix not in BACKENDS:
         raise ArgsError(f"unknown device {name!r}: no llama.cpp backend {prefix!r} (known: {known_backends()})")
     return BACKENDS[prefix]
 
