@@ -73,6 +73,17 @@ def _kv_list(flag: str, text: str, runtime: str = "llamacpp") -> tuple[tuple[str
     return kinds
 
 
+def _kv_policy(kinds: tuple[tuple[str, str], ...] | None, runtime: str = "llamacpp") -> dict:
+    """PlanOptions' KV order: the user's list as given (no fallback), else the quality-first default."""
+    from .planner import DEFAULT_KV_FALLBACK
+
+    if kinds is not None:
+        return {"kv_order": kinds, "kv_fallback": ()}
+    if runtime == "ollama":  # one server-wide type for K and V
+        return {"kv_fallback": tuple(k for k in DEFAULT_KV_FALLBACK if k[0] == k[1])}
+    return {}
+
+
 def _estimate(model: str, server_args: Optional[List[str]], devices: str = ""):
     """Parse llama-server arguments, read the model, predict. Returns (Estimate, ParsedArgs)."""
     from .memory import estimate as run_estimate
@@ -194,8 +205,9 @@ def plan(
                                "GPU; 1 GiB or 5 % of RAM)"),
     max_ctx: int = typer.Option(0, "--max-ctx", help="largest context to consider (default: n_ctx_train)"),
     min_ctx: int = typer.Option(4096, "--min-ctx", help="smallest acceptable context"),
-    kv_types: str = typer.Option("f16,q8_0,q8_0/q4_0,q4_0", "--kv-types", help="KV types to try, in order "
-                                 "(K/V for different types)"),
+    kv_types: Optional[str] = typer.Option(None, "--kv-types", help="KV types to try, in order (K/V for different "
+                                           "types); default f16,q8_0, then q8_0/q4_0,q4_0 only if q8_0 cannot reach "
+                                           "--min-ctx (said loudly); a list given here has no fallback"),
     kv_type: str = typer.Option("", "--kv-type", help="force one KV type (e.g. q8_0 or q8_0/q4_0)"),
     parallel: int = typer.Option(1, "--parallel", help="slots (each gets num_ctx tokens)"),
     ubatch: int = typer.Option(512, "--ubatch", help="physical batch size"),
@@ -216,14 +228,14 @@ def plan(
     _context_flags(max_ctx, min_ctx)
     _in_range("--parallel", parallel, 1, MAX_SLOTS)
     _in_range("--ubatch", ubatch, 1, PLAN_BATCH, f" (the plan's batch size, -b {PLAN_BATCH})")
-    kinds = _kv_list("--kv-types", kv_types, runtime)
+    kinds = None if kv_types is None else _kv_list("--kv-types", kv_types, runtime)
     forced = _kv_pair(kv_type, "--kv-type") if kv_type else None
     if forced and runtime == "ollama" and forced[0] != forced[1]:
         raise ArgsError(f"--kv-type {kv_type}: Ollama uses one type for K and V")
     if chart:
         _chart_mode(chart)  # a bad --chart is said before the plan is made
     budgets = budgets_from(free or [], device, margin, warn=_warn)
-    opts = PlanOptions(runtime=runtime, max_ctx=max_ctx or None, min_ctx=min_ctx, kv_order=kinds,
+    opts = PlanOptions(runtime=runtime, max_ctx=max_ctx or None, min_ctx=min_ctx, **_kv_policy(kinds, runtime),
                        kv_forced=forced, n_parallel=parallel, n_ubatch=ubatch, repack=not no_repack,
                        cpu_repack=host_repack_rules())
     from .resolve import resolve
@@ -271,7 +283,8 @@ def serve(
     margin: str = typer.Option("", "--margin", help="memory to leave free on every device"),
     max_ctx: int = typer.Option(0, "--max-ctx", help="largest context to consider"),
     min_ctx: int = typer.Option(4096, "--min-ctx", help="smallest acceptable context"),
-    kv_types: str = typer.Option("f16,q8_0,q8_0/q4_0,q4_0", "--kv-types", help="KV types to try, in order"),
+    kv_types: Optional[str] = typer.Option(None, "--kv-types", help="KV types to try, in order (default f16,q8_0, "
+                                           "then q8_0/q4_0,q4_0 only if needed, said loudly)"),
     llama_server: str = typer.Option("", "--llama-server", help="llama-server binary (default: "
                                      "$AUTOCTX_LLAMA_SERVER, then PATH)"),
     check: bool = typer.Option(False, "--check", help="stop the server after verification (for scripts and CI)"),
@@ -302,14 +315,14 @@ def serve(
     _context_flags(max_ctx, min_ctx)
     _in_range("--max-tries", max_tries, 1, 100)
     _seconds("--timeout", timeout)
-    kinds = _kv_list("--kv-types", kv_types)
+    kinds = None if kv_types is None else _kv_list("--kv-types", kv_types)
     parse_server_args(list(server_args or []))  # llama-server's arguments too
     binary = find_llama_server(llama_server or None)
     build = read_build(binary)  # its release (vs the one autoctx mirrors) and its devices, in its names and order
     if build.difference():
         _warn(build.difference())
     budgets, desc, driver = budgets_from(free or [], device, margin, describe=True, warn=_warn, listed=build.devices)
-    opts = PlanOptions(max_ctx=max_ctx or None, min_ctx=min_ctx, kv_order=kinds, cpu_repack=host_repack_rules())
+    opts = PlanOptions(max_ctx=max_ctx or None, min_ctx=min_ctx, **_kv_policy(kinds), cpu_repack=host_repack_rules())
     say = (lambda m: print(f"autoctx: {m}", file=sys.stderr))
     spec = resolve(model, pulled_only=True)
     if not os.path.isfile(spec.path):
@@ -528,7 +541,7 @@ def profile_generate(
 ) -> None:
     """Plan, load with llama-server, verify, save the profile (serve --check)."""
     serve(model=model, server_args=server_args, free=None, device=device, margin="", max_ctx=0, min_ctx=4096,
-          kv_types="f16,q8_0,q8_0/q4_0,q4_0", llama_server=llama_server, check=True, as_json=False, max_tries=3,
+          kv_types=None, llama_server=llama_server, check=True, as_json=False, max_tries=3,
           timeout=300.0, no_profile=False)
 
 

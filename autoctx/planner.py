@@ -6,9 +6,13 @@ bisection over multiples of 256 (llama.cpp pads to 256 anyway): ~10 estimates pe
 
 Choices, in order:
 1. the context: the target is n_ctx_train (or --max-ctx); never below --min-ctx (4096, or n_ctx_train if smaller);
-2. quality first: the first KV type in the order (f16 → q8_0 → q8_0/q4_0 → q4_0) that reaches the target with
-   every layer on the GPUs; if none reaches it, the one that gives the largest context;
-3. layers: all on the GPUs if --min-ctx fits that way; else the most layers that still leave room for --min-ctx;
+2. quality first: the first KV type in the order (f16 → q8_0) that reaches the target with every layer on the GPUs;
+   if none reaches it, the one of them that gives the largest context. A q4_0 cache (K or V) costs measurable
+   quality: the fallback types (q8_0/q4_0 → q4_0) are tried only when no type of the order reaches --min-ctx with
+   every layer on the GPUs, and the plan then says so loudly; an order the user gave (--kv-types) has no fallback;
+3. layers: all on the GPUs if --min-ctx fits that way; else the most layers that still leave room for --min-ctx,
+   found by trying every layer count: fewer GPU layers means more CPU memory, so "fits" is not monotone in the
+   layer count and a bisection would miss placements that fit;
 4. several GPUs: layers split in proportion to usable memory (free − margin), emitted as --tensor-split.
 """
 
@@ -26,7 +30,9 @@ MiB = 1024**2
 # llama.cpp buffer shows, plus allocator rounding; llama.cpp's own --fit keeps 1 GiB free per device. System RAM
 # keeps 1 GiB or 5 % of it, whichever is larger, for the OS and the page cache.
 GPU_MARGIN = 1 * GiB
-DEFAULT_KV_ORDER: tuple[tuple[str, str], ...] = (("f16", "f16"), ("q8_0", "q8_0"), ("q8_0", "q4_0"), ("q4_0", "q4_0"))
+DEFAULT_KV_ORDER: tuple[tuple[str, str], ...] = (("f16", "f16"), ("q8_0", "q8_0"))
+# only when no type of the order reaches --min-ctx with every layer on the GPUs (and said loudly)
+DEFAULT_KV_FALLBACK: tuple[tuple[str, str], ...] = (("q8_0", "q4_0"), ("q4_0", "q4_0"))
 
 
 class PlanError(AutoctxError):
@@ -56,6 +62,7 @@ class PlanOptions:
     max_ctx: int | None = None
     min_ctx: int = 4096
     kv_order: tuple[tuple[str, str], ...] = DEFAULT_KV_ORDER
+    kv_fallback: tuple[tuple[str, str], ...] = DEFAULT_KV_FALLBACK  # () when the user gave the order
     kv_forced: tuple[str, str] | None = None
     n_parallel: int = 1
     n_ubatch: int = 512
@@ -155,6 +162,22 @@ class _Search:
                 self.cache[key] = None  # this KV type cannot be used with this model (width, MLA, FA)
         return self.cache[key]
 
+    def refusal(self, kv: tuple[str, str], ngl: int) -> str | None:
+        """Why this KV type cannot be used with this model (llama.cpp's own refusal, from memory.estimate)."""
+        try:
+            estimate(self.spec, self.params(256, kv, ngl), self.weights)
+        except AutoctxError as e:
+            return str(e)
+        return None
+
+    def most_layers(self, ctx: int, kv: tuple[str, str], start: int) -> int:
+        """The most GPU layers (≤ start) with which `ctx` tokens fit, or -1. Every count is tried from the top:
+        GPU memory grows with the layer count while CPU memory shrinks, so fitting is not monotone in it."""
+        for ngl in range(start, -1, -1):
+            if self.fits(ctx, kv, ngl):
+                return ngl
+        return -1
+
     def over(self, est: Estimate) -> dict[str, int]:
         """Bytes over budget per device (empty: it fits)."""
         out = {}
@@ -198,45 +221,55 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
         min_ctx = max(256, min(opts.min_ctx, spec.n_ctx_train) // 256 * 256)
         min_ctx = min(min_ctx, target)
     order = (opts.kv_forced,) if opts.kv_forced else opts.kv_order
+    fallback = () if opts.kv_forced else tuple(k for k in opts.kv_fallback if k not in order)
     all_layers = spec.n_layer + 1 if s.gpus else 0
-    usable = [k for k in order if s.estimate(256, k, all_layers) is not None]
-    if not usable:
-        raise PlanError("none of the KV cache types " + ", ".join(_kv_label(k) for k in order)
-                        + " can be used with this model and flash-attention setting")
-    skipped = [k for k in order if k not in usable]
-    if skipped:
-        reasons.append("KV " + ", ".join(_kv_label(k) for k in skipped) + " not possible for this model "
-                       "(head width not divisible by the block size, MLA needs K = V, or flash attention off)")
+    refused = {k: why for k in (*order, *fallback) if (why := s.refusal(k, all_layers))}
+    usable = [k for k in order if k not in refused]
+    spare = [k for k in fallback if k not in refused]
+    if not usable and not spare:
+        raise PlanError("none of the KV cache types " + ", ".join(_kv_label(k) for k in order) + " can be used: "
+                        + "; ".join(f"{_kv_label(k)}: {why}" for k, why in refused.items()))
+    for k, why in refused.items():
+        if k in order:
+            reasons.append(f"KV {_kv_label(k)} not possible for this model: {why}")
 
-    def choose(ngl: int) -> tuple[tuple[str, str], int, dict[str, int]]:
+    def choose(kinds: list[tuple[str, str]], ngl: int, need: int = target
+               ) -> tuple[tuple[str, str], int, dict[str, int]]:
+        """The first type that reaches `need` (the target; a fallback only needs --min-ctx), else the one with
+        the largest context."""
         found: dict[str, int] = {}
-        for kv in usable:
+        for kv in kinds:
             found[_kv_label(kv)] = c = s.max_ctx(kv, ngl, target)
-            if c >= target:
+            if c >= need:
                 return kv, c, found
-        best = max(usable, key=lambda k: found[_kv_label(k)])
+        best = max(kinds, key=lambda k: found[_kv_label(k)])
         return best, found[_kv_label(best)], found
 
     ngl = all_layers if opts.fixed_ngl is None or not s.gpus else min(opts.fixed_ngl, all_layers)
-    kv, ctx, found = choose(ngl)
-    if ctx < min_ctx and s.gpus and opts.fixed_ngl is None:
-        # fewer layers on the GPUs: the most that still leave room for min_ctx with the most compact KV type
-        compact = usable[-1]
-        lo, hi = -1, ngl  # invariant: fits(lo) (or lo = -1), not fits(hi)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if s.fits(min_ctx, compact, mid):
-                lo = mid
-            else:
-                hi = mid
-        ngl = max(lo, 0)  # nothing fits at all: report the missing memory with every layer on the CPU
-        if lo >= 0:
-            kv, ctx, found = choose(ngl)
+    start = ngl
+    # each step keeps the placement of the one before when it reaches --min-ctx: the order's types with every layer
+    # on the GPUs; the fallback types with every layer on the GPUs; fewer layers with the order's most compact
+    # type; fewer layers with the fallback's most compact type
+    steps = [(usable, False), (spare, False), (usable, True), (spare, True)]
+    kinds, kv, ctx, found = usable or spare, None, 0, {}
+    for cand, fewer in steps:
+        if not cand or (fewer and (not s.gpus or opts.fixed_ngl is not None)):
+            continue
+        at = s.most_layers(min_ctx, cand[-1], start) if fewer else start
+        if at < 0:
+            continue
+        kv2, ctx2, found2 = choose(cand, at, target if cand is usable else min_ctx)
+        found.update(found2)
+        if kv is None or ctx2 > ctx:
+            kinds, kv, ctx, ngl = cand, kv2, ctx2, at
+        if ctx >= min_ctx:
+            break
     if ctx < min_ctx:
-        est = s.estimate(min_ctx, usable[-1], ngl)
+        compact, ngl = (spare or usable)[-1], 0  # the missing memory, with every layer on the CPU
+        est = s.estimate(min_ctx, compact, ngl)
         missing = s.over(est) if est else {}
         what = ", ".join(f"{d}: {v / GiB:.2f} GiB" for d, v in missing.items()) or "unknown"
-        raise PlanError(f"{spec.name or spec.path}: even {min_ctx} tokens with KV {_kv_label(usable[-1])} do not fit "
+        raise PlanError(f"{spec.name or spec.path}: even {min_ctx} tokens with KV {_kv_label(compact)} do not fit "
                         f"(missing {what} beyond free − margin)")
     est = s.estimate(ctx, kv, ngl)
     assert est is not None
@@ -250,11 +283,17 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
     else:
         limits = ", ".join(f"{b.device} {b.usable / GiB:.1f} GiB usable" for b in budgets)
         reasons.insert(0, f"context {ctx}: the largest multiple of 256 that fits ({limits})")
-    if kv == usable[0]:
-        reasons.append(f"KV cache {label}: full quality, and it reaches the target")
-    else:
-        first = _kv_label(usable[0])
+    if usable and kv == usable[0]:
+        reasons.append(f"KV cache {label}: the first of the order, and it "
+                       + ("reaches the target" if ctx >= target else "gives the largest context"))
+    elif kv in usable:
+        first = _kv_label(kinds[0])
         reasons.append(f"KV cache {label}: {first} would fit only {found.get(first, 0)} tokens")
+    else:  # a fallback type: only because the order's types could not reach --min-ctx
+        short = ", ".join(f"{_kv_label(k)} fits only {found.get(_kv_label(k), 0)} tokens" for k in usable)
+        reasons.append(f"WARNING: KV cache {label}: a 4-bit cache costs measurable quality; "
+                       + (f"{short}, below --min-ctx {min_ctx}" if short else "the better types did not fit")
+                       + " (--kv-types f16,q8_0 refuses it)")
     if s.gpus:
         if ngl == all_layers:
             reasons.append(f"all {spec.n_layer} layers + output on the GPU{'s' if len(s.gpus) > 1 else ''}")

@@ -231,10 +231,12 @@ def step_down(p: Plan, opts: PlanOptions) -> PlanOptions:
     floor = min(opts.min_ctx, p.spec.n_ctx_train)
     if smaller >= floor and not opts.fixed_ctx:
         return replace(opts, max_ctx=smaller)
-    order = list(opts.kv_order)
+    order = [*opts.kv_order, *(k for k in opts.kv_fallback if k not in opts.kv_order)]
     current = (p.cache_type_k, p.cache_type_v)
     if opts.kv_forced is None and current in order and order.index(current) + 1 < len(order):
-        return replace(opts, kv_order=tuple(order[order.index(current) + 1:]))
+        rest = order[order.index(current) + 1:]  # the fallback types stay fallbacks: the plan says so loudly
+        return replace(opts, kv_order=tuple(k for k in rest if k in opts.kv_order),
+                       kv_fallback=tuple(k for k in rest if k not in opts.kv_order))
     raise AutoctxError(f"cannot step down below num_ctx {p.num_ctx} with KV {p.cache_type_k}/{p.cache_type_v}")
 
 

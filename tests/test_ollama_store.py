@@ -109,5 +109,5 @@ def test_plan_an_unpulled_tag_from_its_shipped_profile(tmp_path):
     lines = r.stdout.splitlines()
     assert lines[0] == "qwen2.5:32b: qwen2, 64 layers, n_ctx_train 32768"
     assert lines[1].startswith("  not pulled: architecture and weights from the shipped profile ")
-    assert "KV q4_0   " in r.stdout and "(K) /" not in r.stdout  # Ollama: one KV type for K and V
+    assert "KV q8_0   " in r.stdout and "(K) /" not in r.stdout  # Ollama: one KV type; q8_0 reaches --min-ctx
     assert "FROM qwen2.5:32b\nPARAMETER num_ctx" in r.stdout

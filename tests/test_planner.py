@@ -27,16 +27,35 @@ def assert_fits_and_is_maximal(p, budgets):
         assert any(bigger.device_bytes(b.device) > b.usable for b in budgets)
 
 
-def test_one_8gib_gpu_llama_8b(spec_of):
+def test_one_8gib_gpu_llama_8b_takes_q8_0_not_a_silent_q4_0(spec_of):
     spec = spec_of("llama-3.1-8b")
     budgets = gpus(8)
     p = plan(spec, budgets)
-    assert p.n_gpu_layers == 33 and (p.cache_type_k, p.cache_type_v) == ("q4_0", "q4_0")
-    assert p.max_ctx_by_kv["f16"] < p.max_ctx_by_kv["q8_0"] < p.max_ctx_by_kv["q8_0/q4_0"] < 131072
-    assert p.num_ctx == p.max_ctx_by_kv["q4_0"] and p.num_ctx % 256 == 0
+    assert p.n_gpu_layers == 33 and (p.cache_type_k, p.cache_type_v) == ("q8_0", "q8_0")
+    assert set(p.max_ctx_by_kv) == {"f16", "q8_0"}  # q4_0 is a fallback: not tried while q8_0 reaches --min-ctx
+    assert 4096 <= p.max_ctx_by_kv["f16"] < p.max_ctx_by_kv["q8_0"] < 131072
+    assert p.num_ctx == p.max_ctx_by_kv["q8_0"] and p.num_ctx % 256 == 0
     assert_fits_and_is_maximal(p, budgets)
     assert p.flash_attn == "on"  # quantized V needs it: said explicitly
-    assert "f16 would fit only" in p.reasons[1]
+    assert "f16 would fit only" in p.reasons[1] and not any("WARNING" in r for r in p.reasons)
+    asked = plan(spec, budgets, PlanOptions(kv_order=(("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"))))
+    assert (asked.cache_type_k, asked.num_ctx) == ("q4_0", asked.max_ctx_by_kv["q4_0"])  # asked for: no warning
+    assert asked.num_ctx > p.num_ctx and not any("WARNING" in r for r in asked.reasons)
+
+
+def test_q4_0_only_when_q8_0_cannot_reach_the_minimum_context_and_then_loudly(spec_of):
+    spec = spec_of("llama-3.1-8b")
+    budgets = gpus(8)
+    q8 = plan(spec, budgets).max_ctx_by_kv["q8_0"]
+    p = plan(spec, budgets, PlanOptions(min_ctx=q8 + 4096))
+    assert (p.n_gpu_layers, p.cache_type_k, p.cache_type_v) == (33, "q8_0", "q4_0")
+    assert p.num_ctx >= q8 + 4096
+    assert p.reasons[1] == (f"WARNING: KV cache q8_0/q4_0: a 4-bit cache costs measurable quality; f16 fits only "
+                             f"{p.max_ctx_by_kv['f16']} tokens, q8_0 fits only {q8} tokens, below --min-ctx "
+                             f"{q8 + 4096} (--kv-types f16,q8_0 refuses it)")
+    refused = plan(spec, budgets + [Budget("CPU", 64 * GiB, GiB)],
+                   PlanOptions(min_ctx=q8 + 4096, kv_order=(("f16", "f16"), ("q8_0", "q8_0")), kv_fallback=()))
+    assert refused.cache_type_k == "q8_0" and refused.n_gpu_layers < 33  # asked for quality: layers go instead
 
 
 def test_one_24gib_gpu_keeps_f16_when_the_target_fits(spec_of):
@@ -72,13 +91,15 @@ def test_70b_on_24gib_offloads_fewer_layers(spec_of):
     assert any("run on the CPU" in r for r in p.reasons)
     assert "PARAMETER num_gpu" in p.modelfile()
     assert_fits_and_is_maximal(p, budgets)
-    # one more layer on the GPU would not leave room for the minimum context with the most compact KV type
+    # one more layer on the GPU would not leave room for the minimum context with the order's most compact KV type
+    # (q8_0: with layers on the CPU anyway, quality is not traded for a few more GPU layers)
     from dataclasses import replace
 
     from autoctx.memory import estimate
 
-    more = estimate(spec, replace(p.params, n_gpu_layers=p.n_gpu_layers + 1, n_ctx=8192, cache_type_k="q4_0",
-                                  cache_type_v="q4_0", flash_attn="on"))
+    assert (p.cache_type_k, p.cache_type_v) == ("q8_0", "q8_0") and not any("WARNING" in r for r in p.reasons)
+    more = estimate(spec, replace(p.params, n_gpu_layers=p.n_gpu_layers + 1, n_ctx=8192, cache_type_k="q8_0",
+                                  cache_type_v="q8_0", flash_attn="on"))
     assert more.device_bytes("CUDA0") > budgets[0].usable
 
 
@@ -107,9 +128,12 @@ def test_forced_kv_type_and_parallel_slots(spec_of):
     assert "OLLAMA_KV_CACHE_TYPE=q8_0 OLLAMA_FLASH_ATTENTION=1" in mf and "kv_cache_type" not in mf
 
 
-def test_mla_skips_mixed_kv_types(spec_of):
-    p = plan(spec_of("deepseek-v2-lite"), gpus(12), PlanOptions(max_ctx=16384))
-    assert any("q8_0/q4_0 not possible" in r for r in p.reasons)
+def test_mla_skips_mixed_kv_types_with_llama_cpps_reason(spec_of):
+    p = plan(spec_of("deepseek-v2-lite"), gpus(12),
+             PlanOptions(max_ctx=16384, kv_order=(("q8_0", "q4_0"), ("f16", "f16"))))
+    assert p.reasons[1] == ("KV q8_0/q4_0 not possible for this model: this MLA model does not support different K "
+                            "(q8_0) and V (q4_0) cache types")
+    assert p.cache_type_k == "f16"
 
 
 def test_min_ctx_is_capped_by_training_context(spec_of):
@@ -134,8 +158,8 @@ def test_step_down_takes_three_quarters_then_the_next_kv_type(spec_of):
     nxt = step_down(p, PlanOptions())
     assert nxt.max_ctx == int(p.num_ctx * 0.75) // 256 * 256
     fixed = PlanOptions(max_ctx=p.num_ctx, min_ctx=p.num_ctx, fixed_ctx=True)
-    assert step_down(replace(p, cache_type_k="q8_0", cache_type_v="q8_0"), fixed).kv_order == (
-        ("q8_0", "q4_0"), ("q4_0", "q4_0"))
+    nxt = step_down(replace(p, cache_type_k="q8_0", cache_type_v="q8_0"), fixed)
+    assert (nxt.kv_order, nxt.kv_fallback) == ((), (("q8_0", "q4_0"), ("q4_0", "q4_0")))  # still a said fallback
     with pytest.raises(Exception, match="cannot step down below"):
         step_down(replace(p, cache_type_k="q4_0", cache_type_v="q4_0"), fixed)
 
@@ -154,3 +178,44 @@ def test_user_arguments_fix_the_plan_choices(spec_of):
                                                "10", "--jinja"])
     assert argv.count("-c") == 1 and argv[-11:] == ["-c", "20000", "-np", "2", "-ctk", "q8_0", "-ub", "256",
                                                      "-ngl", "10", "--jinja"]
+
+
+def _most_layers_by_brute_force(spec, budgets, ctx, kv, opts):
+    """Every layer count, tried with memory.estimate directly: the most GPU layers with which ctx tokens fit."""
+    from autoctx.planner import _Search
+
+    s = _Search(spec, budgets, opts)
+    fitting = [n for n in range(spec.n_layer + 2) if s.fits(ctx, kv, n)]
+    return max(fitting, default=-1)
+
+
+def test_the_layer_search_finds_what_a_bisection_missed(spec_of):
+    """Issue 9's case: with 2.25 GiB of GPU and 5.25 GiB of RAM, -ngl 5 fits both; the old bisection said nothing fits
+    (fewer GPU layers means more CPU memory: "fits" is not monotone in the layer count)."""
+    spec = spec_of("llama-3.1-8b")
+    budgets = [Budget("CUDA0", int(2.25 * GiB), GiB), Budget("CPU", int(5.25 * GiB), GiB)]
+    opts = PlanOptions(repack=False)
+    p = plan(spec, budgets, opts)
+    assert p.n_gpu_layers == _most_layers_by_brute_force(spec, budgets, 4096, ("q8_0", "q8_0"), opts) == 5
+    assert p.num_ctx >= 4096 and (p.cache_type_k, p.cache_type_v) == ("q8_0", "q8_0")
+    assert_fits_and_is_maximal(p, budgets)
+
+
+def test_layer_search_property_against_brute_force(spec_of):
+    """Budgets built so that -ngl k fits both devices with 16 MiB to spare: the plan keeps at least k layers on the GPU,
+    and exactly as many as trying every count finds (the order's most compact type at --min-ctx)."""
+    from autoctx.memory import estimate
+    from autoctx.planner import _Search
+
+    spec = spec_of("llama-3.1-8b")
+    kv = ("q8_0", "q8_0")
+    quality = PlanOptions(repack=False, kv_fallback=())  # the order only: the layer lever alone
+    probe = _Search(spec, [Budget("CUDA0", 64 * GiB, 0), Budget("CPU", 64 * GiB, 0)], quality)
+    for k in range(0, spec.n_layer + 2, 3):
+        est = estimate(spec, probe.params(4096, kv, k))
+        budgets = [Budget(d, est.resident_bytes(d) + 16 * MiB, 0) for d in ("CUDA0", "CPU")]
+        p = plan(spec, budgets, quality)
+        assert p.n_gpu_layers >= k
+        assert p.n_gpu_layers == _most_layers_by_brute_force(spec, budgets, 4096, kv, quality)
+        assert all(p.estimate.resident_bytes(b.device) <= b.usable for b in budgets)
+        assert plan(spec, budgets, PlanOptions(repack=False)).n_gpu_layers >= k  # with the fallback types too

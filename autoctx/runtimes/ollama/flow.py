@@ -24,7 +24,7 @@ def ensure_server(model, free, device, margin, max_ctx, min_ctx, say) -> None:
     spec = resolve_ollama(model, shipped=True)
     budgets = budgets_from(free or [], device, margin, warn=say)
     opts = PlanOptions(runtime="ollama", max_ctx=max_ctx or None, min_ctx=min_ctx,
-                       kv_order=(("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")), cpu_repack=host_repack_rules())
+                       kv_fallback=(("q4_0", "q4_0"),), cpu_repack=host_repack_rules())  # one type for K and V
     kv = run_plan(spec, budgets, opts).cache_type_k
     data_dir().mkdir(parents=True, exist_ok=True)
     log = str(data_dir() / "ollama-serve.log")
