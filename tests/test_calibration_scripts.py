@@ -12,7 +12,6 @@ import gzip
 import hashlib
 import json
 import os
-import sys
 from collections import Counter
 from importlib.machinery import SourceFileLoader
 from importlib.util import module_from_spec, spec_from_loader
@@ -28,17 +27,10 @@ from .conftest import DATA, ROOT
 MiB = 1024 * 1024
 
 
-def _load(name: str):
-    loader = SourceFileLoader(name.replace("-", "_"), str(ROOT / "scripts" / name))
-    spec = spec_from_loader(loader.name, loader)
-    mod = module_from_spec(spec)
-    sys.modules[loader.name] = mod  # dataclasses look their module up there
-    loader.exec_module(mod)
-    return mod
-
-
-gc = _load("gpu-calibrate")
-mc = _load("measure-compute")
+_loader = SourceFileLoader("gpu_calibrate", str(ROOT / "scripts" / "gpu-calibrate"))
+gc = module_from_spec(spec_from_loader(_loader.name, _loader))
+_loader.exec_module(gc)
+mc = gc.load_script("measure-compute")
 lsp = gc.load_script("llama-server-path")
 
 
@@ -227,7 +219,7 @@ def test_a_carried_header_becomes_the_same_gguf(tmp_path):
     from autoctx.gguf import read_gguf
     from autoctx.shapes import get_shape, write_shape_gguf
 
-    prep = _load("gpu-carry-prepare")
+    prep = gc.load_script("gpu-carry-prepare")
     manifest = prep.models(tmp_path / "carry", ("llama-3.1-8b",), gc.GEMMA)
     entry = manifest["llama-3.1-8b"]
     assert entry["n_layer"] == 32 and (tmp_path / "carry/models/manifest.json").is_file()
