@@ -17,7 +17,7 @@ from .errors import AutoctxError
 from .planner import Budget, Plan, PlanOptions, plan
 from .profiles import Profile, ProfileKey, ProfileStore, apply_corrections, model_digest, runtime_build
 from .runtimes.llamacpp.args import ParsedArgs, parse_server_args
-from .runtimes.llamacpp.build import BuildInfo
+from .runtimes.llamacpp.build import BuildInfo, read_build
 from .runtimes.llamacpp.launch import LlamaServer
 from .runtimes.llamacpp.server import ServerError, last_lines
 from .verify import Row, compare
@@ -109,9 +109,9 @@ def merged_argv(plan_args: list[str], user_args: list[str]) -> list[str]:
     return [*without_flags(plan_args, parse_server_args(user_args).explicit), *user_args]
 
 
-def profile_key(spec, binary: str, devices: str, driver: str) -> ProfileKey:
+def profile_key(spec, build: BuildInfo, devices: str, driver: str) -> ProfileKey:
     digest = model_digest(spec.path, spec.data_offsets[0], sum(spec.file_sizes))
-    return ProfileKey(digest, devices, driver, runtime_build(binary))
+    return ProfileKey(digest, devices, driver, runtime_build(build.label, build.binary))
 
 
 def measured_by_device(est, log) -> tuple[dict, dict]:
@@ -139,7 +139,7 @@ def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: li
     profile: Profile | None = None
     key: ProfileKey | None = None
     if store is not None:
-        key = profile_key(spec, binary, devices_desc, driver)
+        key = profile_key(spec, build or read_build(binary, devices=False), devices_desc, driver)
         profile = store.get(key)
         for w in store.warnings:
             say(f"warning: {w}")

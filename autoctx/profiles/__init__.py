@@ -72,20 +72,14 @@ def model_digest(path: str, data_offset: int, file_size: int) -> str:
     return h.hexdigest()
 
 
-def runtime_build(binary: str) -> str:
-    """llama-server's version line and the binary's digest (the sdist build reports no commit)."""
-    import subprocess
-
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=20)
-        line = next((x for x in (out.stdout + out.stderr).splitlines() if x.startswith("version")), "unknown")
-    except (OSError, subprocess.TimeoutExpired):
-        line = "unknown"
+def runtime_build(label: str, binary: str) -> str:
+    """The profile key's runtime part: what the binary says it is (runtimes.llamacpp.build) and its digest (two
+    builds of one release, e.g. CPU and CUDA, allocate differently)."""
     h = hashlib.sha256()
     with open(binary, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
-    return f"llama.cpp {line.removeprefix('version: ').strip()} sha256:{h.hexdigest()[:12]}"
+    return f"{label} sha256:{h.hexdigest()[:12]}"
 
 
 @dataclass(frozen=True)
