@@ -171,12 +171,27 @@ def check(
 
 
 @app.command()
-def probe(as_json: bool = typer.Option(False, "--json", help="print the devices as JSON")) -> None:
-    """Free memory per device: NVIDIA (NVML), AMD (amdsmi or sysfs), and system RAM."""
-    from .probe.devices import probe as run_probe
+def probe(
+    as_json: bool = typer.Option(False, "--json", help="print the devices as JSON"),
+    rpc: str = typer.Option("", "--rpc", help="HOST:PORT[,HOST:PORT...]: llama.cpp RPC workers, listed as "
+                            "llama-server sees them"),
+    llama_server: str = typer.Option("", "--llama-server", help="llama-server binary for --rpc (default: "
+                                     "$AUTOCTX_LLAMA_SERVER, then PATH)"),
+) -> None:
+    """Free memory per device: NVIDIA (NVML), AMD (amdsmi or sysfs), system RAM, and RPC workers (--rpc)."""
+    from .probe.devices import join_listed, probe as run_probe
     from .units import gib
 
+    workers = ()
+    if rpc:
+        from .runtimes.llamacpp.args import rpc_devices
+        from .runtimes.llamacpp.build import rpc_workers
+        from .runtimes.llamacpp.server import find_llama_server
+
+        endpoints = [d.endpoint for d in rpc_devices("--rpc", rpc)]  # checked HOST:PORT items
+        workers = rpc_workers(find_llama_server(llama_server or None), endpoints)
     r = run_probe()
+    r.devices += join_listed([], workers)[0]  # each RPC device with the worker's own memory report
     for w in r.warnings:
         _warn(w)
     if as_json:
@@ -185,7 +200,8 @@ def probe(as_json: bool = typer.Option(False, "--json", help="print the devices 
         return
     print(f"{'device':<8}{'total':>14}{'free':>14}{'used':>14}  description")
     for d in r.devices:
-        print(f"{d.name:<8}{gib(d.total_bytes):>14}{gib(d.free_bytes):>14}{gib(d.used_bytes):>14}  {d.description}"
+        desc = f"RPC worker {d.description}" if d.kind == "rpc" else d.description
+        print(f"{d.name:<8}{gib(d.total_bytes):>14}{gib(d.free_bytes):>14}{gib(d.used_bytes):>14}  {desc}"
               + (f" (driver {d.driver}{', ' + d.runtime if d.runtime else ''})" if d.driver else ""))
         for pr in d.processes:
             used = gib(pr.used_bytes) if pr.used_bytes is not None else "?"

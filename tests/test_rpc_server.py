@@ -269,3 +269,27 @@ def test_rpc_compute_buffer(rpc_run, case_id, device, request):
     got = m.log.mib("compute", device)
     pred = est.kind_bytes("compute", device) / MiB
     assert got > 0 and abs(pred - got) <= 0.10 * got, (pred, got)
+
+
+def test_probe_lists_the_rpc_workers_as_llama_server_sees_them(rpc_endpoints, llama_server):
+    from autoctx.runtimes.llamacpp.build import parse_devices
+
+    r = subprocess.run([sys.executable, "-m", "autoctx.cli", "probe", "--json", "--rpc", ",".join(rpc_endpoints),
+                        "--llama-server", llama_server], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rpc = [d for d in json.loads(r.stdout)["devices"] if d["kind"] == "rpc"]
+    assert [(d["name"], d["description"], d["source"]) for d in rpc] == [
+        ("RPC0", rpc_endpoints[0], "llama-server"), ("RPC1", rpc_endpoints[1], "llama-server")]
+    # the worker's own report, as llama-server lists it (rpc-server reports the host's RAM)
+    direct = parse_devices(subprocess.run([llama_server, "--rpc", rpc_endpoints[0], "--list-devices"],
+                                          capture_output=True, text=True, timeout=60).stdout)
+    assert rpc[0]["total_bytes"] == direct[0].total_bytes and rpc[0]["free_bytes"] > 0
+
+
+def test_a_dead_rpc_worker_is_one_line_naming_it(rpc_endpoints, llama_server):
+    dead = f"127.0.0.1:{free_port()}"
+    r = subprocess.run([sys.executable, "-m", "autoctx.cli", "probe", "--rpc", f"{rpc_endpoints[0]},{dead}",
+                        "--llama-server", llama_server], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr == (f"autoctx: error: RPC worker {dead} does not answer (nothing listens there, or a firewall is "
+                        "in the way)\n")

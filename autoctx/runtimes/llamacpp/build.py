@@ -22,7 +22,7 @@ from .server import ServerError
 PINS_FILE = Path(__file__).resolve().parents[2] / "data" / "pins.toml"
 _VERSION = re.compile(r"^version: (?P<version>\S+) \(build (?P<build>-?\d+), commit (?P<commit>[^)]*)\)")
 _OLD_VERSION = re.compile(r"^version: (?P<build>\d+) \((?P<commit>[^)]*)\)")  # builds before the 0.x versions
-_DEVICE = re.compile(r"^  (?P<name>[A-Za-z][\w-]*\d+): (?P<desc>.*) \((?P<total>\d+) MiB, (?P<free>\d+) MiB free\)$")
+_DEVICE = re.compile(r"^  (?P<name>[^\s:]+): (?P<desc>.*) \((?P<total>\d+) MiB, (?P<free>\d+) MiB free\)$")
 MiB = 1024 * 1024
 
 
@@ -98,15 +98,43 @@ def parse_devices(text: str) -> tuple[ListedDevice, ...]:
     return tuple(out)
 
 
-def _run(binary: str, flag: str, timeout: float) -> str:
+def _run(binary: str, flag: str | list[str], timeout: float) -> str:
+    args = [flag] if isinstance(flag, str) else flag
     try:
-        r = subprocess.run([binary, flag], capture_output=True, text=True, timeout=timeout,
+        r = subprocess.run([binary, *args], capture_output=True, text=True, timeout=timeout,
                            stdin=subprocess.DEVNULL, errors="replace")
     except subprocess.TimeoutExpired:
-        raise ServerError(f"{binary} {flag} did not answer within {timeout:.0f} s") from None
+        raise ServerError(f"{binary} {' '.join(args)} did not answer within {timeout:.0f} s") from None
     except OSError as e:
         raise ServerError(f"cannot run {binary}: {e.strerror or e}") from None
     return r.stdout + r.stderr
+
+
+# ggml/src/ggml-rpc/ggml-rpc.cpp: what the client aborts with when a worker cannot be used
+_RPC_FAILURES = (
+    (re.compile(r"Failed to connect to"), "does not answer (nothing listens there, or a firewall is in the way)"),
+    (re.compile(r"RPC server version mismatch: (\S+)"),
+     "speaks RPC protocol {0}, another than this llama-server's: run the same llama.cpp build on both sides"),
+    (re.compile(r"RPC handshake failed"), "did not complete the RPC handshake (not an rpc-server, or another "
+     "protocol version)"),
+    (re.compile(r"Failed to parse endpoint"), "is not HOST:PORT"),
+)
+
+
+def rpc_workers(binary: str, endpoints: list[str], timeout: float = 30.0) -> tuple[ListedDevice, ...]:
+    """The devices of llama.cpp RPC workers as this llama-server sees them (`--rpc EP --list-devices`; their free
+    memory is the worker's own report), numbered RPC0, RPC1... across the list as llama-server numbers them. One
+    worker at a time, so that one that does not answer is named in a one-line ServerError."""
+    out: list[ListedDevice] = []
+    for ep in endpoints:
+        text = _run(binary, ["--rpc", ep, "--list-devices"], timeout)
+        listed = parse_devices(text)
+        if not listed:
+            why = next((msg.format(*m.groups()) for rx, msg in _RPC_FAILURES if (m := rx.search(text))),
+                       "listed no device: " + (text.strip().splitlines() or ["no output"])[-1][:160])
+            raise ServerError(f"RPC worker {ep} {why}")
+        out += [ListedDevice(f"RPC{len(out) + i}", ep, d.total_bytes, d.free_bytes) for i, d in enumerate(listed)]
+    return tuple(out)
 
 
 def read_build(binary: str, devices: bool = True, timeout: float = 60.0) -> BuildInfo:
