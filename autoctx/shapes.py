@@ -18,11 +18,13 @@ Conventions the catalog follows (see the llama.cpp source the tests build agains
   the converter writes for per-layer values). Keys the converter leaves out are left out here too, even where
   llama.cpp then falls back to a per-architecture default (the sliding-window pattern of gemma2/gemma3/cohere2/
   gpt-oss, for instance), so a reader of these files meets the same gaps it meets in real ones.
-* Types imitate `llama-quantize ... Q4_K_M`, simplified: 2-D and 3-D weights Q4_K; `attn_v`, `ffn_down*` and
-  `output` Q6_K; a fused `attn_qkv` Q5_K; `token_embd` Q4_K, or Q6_K when the embedding doubles as the output
-  (tied); `ffn_gate_inp` (router), 1-D tensors (norms, `attn_sinks`, `rope_freqs`) and all biases F32. A K-quant
-  needs rows (ne0) that are a multiple of 256; otherwise the type falls back to Q8_0 (ne0 % 32 == 0) or F16.
-  gpt-oss keeps its experts in MXFP4, as its published GGUFs do.
+* Types follow `llama-quantize ... Q4_K_M` (src/llama-quant.cpp, `quant_types`): the default Q4_K; attn_v-like
+  tensors (attn_v, attn_qkv, attn_kv_b) and ffn_down Q6_K only on the layers `use_more_bits` picks (the first and
+  last eighth, every third between); the output, or the token embedding when it doubles as the output, Q6_K;
+  8-expert models keep attn_v/attn_k in Q8_0 and attn_output in Q5_K; norms, routers (`ffn_gate_inp`), 1-D tensors
+  (`attn_sinks`, `rope_freqs`), biases and the names llama-quant never quantizes F32. A type whose block does not
+  divide the row falls back as llama-quant does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, else F16).
+  gpt-oss follows its published MXFP4_MOE files: experts MXFP4, every other weight Q8_0.
 * The tokenizer is a stand-in: an SPM ("llama") vocabulary of `n_vocab` unique tokens with the 256 byte tokens
   `<0x00>`..`<0xFF>` present (llama.cpp looks up `<0x0A>` for the newline token) and the model's real special
   token ids. SPM needs no merges table, so this is the cheapest vocabulary llama.cpp accepts; its size is the real
@@ -97,12 +99,24 @@ class Shape:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Tensor types: a simplified Q4_K_M policy
+# Tensor types: llama-quantize's Q4_K_M (and MXFP4_MOE) policy, src/llama-quant.cpp
 # --------------------------------------------------------------------------------------------------------------
 
-_Q6_ROLES = {"attn_v", "ffn_down", "ffn_down_exps", "ffn_down_shexp", "output"}
-_Q5_ROLES = {"attn_qkv"}
+Q5_0 = int(GGMLType.Q5_0)
+Q5_1 = int(GGMLType.Q5_1)
+FTYPE_MOSTLY_MXFP4_MOE = 38  # llama_ftype LLAMA_FTYPE_MOSTLY_MXFP4_MOE
+# tensor_allows_quantization: names kept in their source type (F32 here, as the converter writes them)
+_KEEP_NAMES = ("_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
+               "per_layer_model_proj", "ssm_conv1d", "shortconv.conv.weight", "indexer.k_proj.weight",
+               "indexer.q_proj.weight", "time_mix_first.weight", "time_mix_w0.weight", "time_mix_w1.weight",
+               "time_mix_w2.weight", "time_mix_v0.weight", "time_mix_v1.weight", "time_mix_v2.weight",
+               "time_mix_a0.weight", "time_mix_a1.weight", "time_mix_a2.weight", "time_mix_g1.weight",
+               "time_mix_g2.weight", "time_mix_decay_w1.weight", "time_mix_decay_w2.weight",
+               "time_mix_lerp_fused.weight", "attn_rel_b.weight")
+# 1-D-like tensors the converter stores in F32 whatever their rank
 _F32_ROLES = {"ffn_gate_inp", "attn_sinks", "rope_freqs"}
+# tensor_type_fallback: a type whose block does not divide the row falls back to a 32-block type, then F16
+_FALLBACK = {Q4_K: Q5_0, Q5_K: Q5_1, Q6_K: Q8_0}
 
 
 def _role(name: str) -> str:
@@ -113,43 +127,95 @@ def _role(name: str) -> str:
     return ".".join(parts[:-1])
 
 
+def _category(name: str) -> str:
+    """tensor_get_category: broad categories by substring, in llama-quant.cpp's order."""
+    if name == "output.weight":
+        return "output"
+    if name in ("token_embd.weight", "per_layer_token_embd.weight"):
+        return "token_embd"
+    for cat in ("attn_qkv.weight", "attn_kv_b.weight", "attn_v.weight", "attn_k.weight", "attn_q.weight",
+                "attn_output.weight", "ffn_up", "ffn_gate", "ffn_down"):
+        if cat in name:
+            return cat.removesuffix(".weight")
+    return "other"
+
+
 def _fit(ggml_type: int, ne0: int) -> int:
-    """The type itself if rows of ne0 elements split into its blocks, else Q8_0, else F16."""
+    """tensor_type_fallback: the type itself if rows of ne0 elements split into its blocks, else its 32-block
+    fallback (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0), else F16."""
     if ne0 % GGML_QUANT_SIZES[ggml_type][0] == 0:
         return ggml_type
-    if ne0 % GGML_QUANT_SIZES[Q8_0][0] == 0:
-        return Q8_0
-    return F16
+    fallback = _FALLBACK.get(ggml_type, ggml_type)
+    return fallback if ne0 % GGML_QUANT_SIZES[fallback][0] == 0 else F16
 
 
-def _q4_k_m_type(name: str, shape: tuple[int, ...], tied: bool) -> int:
-    role = _role(name)
-    if name.endswith(".bias") or len(shape) == 1 or role in _F32_ROLES:
-        return F32
-    if role == "token_embd":
-        wanted = Q6_K if tied else Q4_K
-    elif role in _Q6_ROLES:
-        wanted = Q6_K
-    elif role in _Q5_ROLES:
-        wanted = Q5_K
-    else:
-        wanted = Q4_K
-    return _fit(wanted, shape[0])
+def _use_more_bits(i_layer: int, n_layers: int) -> bool:
+    return i_layer < n_layers // 8 or i_layer >= 7 * n_layers // 8 or (i_layer - n_layers // 8) % 3 == 2
+
+
+def quant_types(names_shapes: list[tuple[str, tuple[int, ...]]], *, arch: str, n_layer: int, n_expert: int,
+                ftype: int = FTYPE_MOSTLY_Q4_K_M, is_70b: bool = False) -> list[int]:
+    """The ggml type llama-quantize gives each tensor (in file order) of a model quantized to `ftype`
+    (Q4_K_M or MXFP4_MOE), as llama_tensor_get_type does: attn_v-like tensors (attn_v, attn_qkv, attn_kv_b) and
+    ffn_down get Q6_K only on the layers use_more_bits picks (the first and last eighth, every third between),
+    counted per tensor for attn_v and per layer (from the name when the model has experts) for ffn_down; the output
+    (or the token embedding when it doubles as the output) Q6_K; everything else the default Q4_K; 8-expert models
+    keep attn_v/attn_k in Q8_0 and attn_output in Q5_K; a LLaMA 70B's attn_v gets Q5_K. Norms, routers, 1-D
+    tensors and the names tensor_allows_quantization skips stay F32. Rows that a type's block does not divide
+    fall back (tensor_type_fallback)."""
+    tied = not any(n == "output.weight" for n, _ in names_shapes)
+    n_wv = sum(1 for n, _ in names_shapes if _category(n) in ("attn_qkv", "attn_v", "attn_kv_b"))
+    i_wv = i_down = 0
+    out = []
+    for name, shape in names_shapes:
+        cat = _category(name)
+        if (len(shape) < 2 or not name.endswith("weight") or any(k in name for k in _KEEP_NAMES)
+                or _role(name) in _F32_ROLES):
+            out.append(F32)
+            continue
+        new = Q4_K
+        if cat == "output" or (tied and cat == "token_embd"):
+            new = Q8_0 if (ftype == FTYPE_MOSTLY_MXFP4_MOE or arch == "falcon" or shape[0] % 256) else Q6_K
+        elif ftype == FTYPE_MOSTLY_MXFP4_MOE:
+            new = MXFP4 if len(shape) > 2 and shape[2] > 1 else Q8_0
+        elif cat == "token_embd":
+            pass
+        elif cat in ("attn_qkv", "attn_v", "attn_kv_b"):
+            if _use_more_bits(i_wv, n_wv):
+                new = Q6_K
+            if is_70b and new == Q4_K:
+                new = Q5_K
+            if n_expert == 8:
+                new = Q8_0
+            i_wv += 1
+        elif cat == "attn_k":
+            if n_expert == 8:
+                new = Q8_0
+        elif cat == "ffn_down":
+            i_layer = int(name.split(".")[1]) if n_expert > 1 else i_down
+            if arch == "falcon":
+                new = Q6_K if i_layer < n_layer // 16 else Q5_K if _use_more_bits(i_layer, n_layer) else Q4_K
+            elif _use_more_bits(i_layer, n_layer):
+                new = Q6_K
+            i_down += 1
+        elif cat == "attn_output":
+            if arch != "falcon" and n_expert == 8:
+                new = Q5_K
+        out.append(_fit(new, shape[0]))
+    return out
 
 
 class _Tensors:
-    """Collects tensors in file order and types each one by the Q4_K_M policy (or an explicit type)."""
+    """Collects tensors in file order; `_shape` types the ones without an explicit type by llama-quant's policy."""
 
     def __init__(self, tied: bool) -> None:
         self.tied = tied
         self.items: list[TensorShape] = []
 
     def add(self, name: str, *shape: int, ggml_type: int | None = None) -> None:
-        if ggml_type is None:
-            ggml_type = _q4_k_m_type(name, shape, self.tied)
-        else:
-            ggml_type = _fit(ggml_type, shape[0])
-        self.items.append(TensorShape(name, tuple(int(d) for d in shape), ggml_type))
+        """A tensor; its type is the quantization policy's (see `quant_types`, applied by `_shape`) unless given."""
+        self.items.append(TensorShape(name, tuple(int(d) for d in shape), -1 if ggml_type is None
+                                      else _fit(ggml_type, int(shape[0]))))
 
     def blk(self, i: int, role: str, *shape: int, kind: str = "weight", ggml_type: int | None = None) -> None:
         self.add(f"blk.{i}.{role}.{kind}", *shape, ggml_type=ggml_type)
@@ -234,13 +300,20 @@ def _metadata(arch: str, title: str, source: str, arch_kv: dict[str, Any], *,
 
 
 def _shape(name: str, title: str, arch: str, source: str, n_vocab: int, arch_kv: dict[str, Any],
-           t: _Tensors, *, specials: dict[str, int], add_bos: bool | None = None) -> Shape:
+           t: _Tensors, *, specials: dict[str, int], add_bos: bool | None = None,
+           ftype: int = FTYPE_MOSTLY_Q4_K_M) -> Shape:
     for kind, tid in specials.items():
         if not 0 <= tid < n_vocab:
             raise ValueError(f"{name}: {kind} token id {tid} outside the vocabulary of {n_vocab}")
-    return Shape(name=name, title=title, arch=arch, source=source,
-                 metadata=_metadata(arch, title, source, arch_kv, specials=specials, add_bos=add_bos),
-                 n_vocab=n_vocab, tensors=tuple(t.items))
+    n_layer = int(arch_kv["block_count"])
+    n_head, n_head_kv = arch_kv.get("attention.head_count"), arch_kv.get("attention.head_count_kv")
+    policy = quant_types([(x.name, x.shape) for x in t.items], arch=arch, n_layer=n_layer,
+                         n_expert=int(arch_kv.get("expert_count") or 0), ftype=ftype,
+                         is_70b=arch == "llama" and n_layer == 80 and n_head != n_head_kv)
+    tensors = tuple(x if x.ggml_type >= 0 else TensorShape(x.name, x.shape, ty) for x, ty in zip(t.items, policy))
+    md = _metadata(arch, title, source, arch_kv, specials=specials, add_bos=add_bos)
+    md["general.file_type"] = ftype
+    return Shape(name=name, title=title, arch=arch, source=source, metadata=md, n_vocab=n_vocab, tensors=tensors)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -636,7 +709,7 @@ def gpt_oss_20b() -> Shape:
         "expert_feed_forward_length": n_ff_exp,
     }
     return _shape("gpt-oss-20b", "gpt-oss-20b MXFP4/Q8_0", "gpt-oss", "openai/gpt-oss-20b", n_vocab, kv, t,
-                  specials={"bos": 199998, "eos": 200002, "pad": 199999}, add_bos=False)
+                  specials={"bos": 199998, "eos": 200002, "pad": 199999}, add_bos=False, ftype=FTYPE_MOSTLY_MXFP4_MOE)
 
 
 def command_r7b() -> Shape:

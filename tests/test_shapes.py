@@ -6,39 +6,41 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from autoctx.gguf import GGML_QUANT_SIZES, GGMLType, read_gguf
+from autoctx.gguf import GGML_QUANT_SIZES, GGMLType, read_gguf, type_name
 from autoctx.shapes import SHAPES, Shape, TensorShape, get_shape, write_shape_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # name -> (tensor count, total weight bytes). Regression values: a change here changes every prediction made
-# from these shapes, so it must be deliberate. Tensor counts match the published Q4_K_M GGUFs of these models.
+# from these shapes, so it must be deliberate. Tensor counts match the published Q4_K_M GGUFs of these models; the
+# bytes follow llama-quant.cpp's Q4_K_M policy (gpt-oss: MXFP4_MOE).
 EXPECTED = {
-    "llama-3.1-8b": (292, 5172420864),
-    "llama-2-7b": (291, 4335460352),
-    "llama-3.1-70b": (724, 44979306752),
-    "mistral-7b": (291, 4631576576),
-    "mixtral-8x7b": (323, 30218772480),
-    "qwen2.5-7b": (339, 4928802816),
-    "qwen2.5-32b": (771, 21056462848),
-    "qwen3-8b": (399, 5274861568),
-    "qwen3-30b-a3b": (579, 19802912768),
-    "gemma-2-9b": (464, 6072915968),
-    "gemma-3-4b": (444, 2609600512),
-    "gemma-3-12b": (626, 7707638784),
-    "phi-3-mini": (195, 2496302592),
-    "deepseek-v2-lite": (404, 11364276224),
-    "gpt-oss-20b": (459, 11955000576),
-    "command-r7b": (258, 5305614336),
-    "qwen2.5-14b": (579, 9452527616),
-    "deepseek-r1-14b": (579, 9452527616),
-    "gemma-3-27b": (808, 17584421888),
-    "qwen2.5-0.5b": (290, 499788288),  # tied embedding, n_embd 896: Q8_0 fallbacks
-    "llama-3.2-1b": (147, 836628608),  # tied embedding
+    "llama-3.1-8b": (292, 4912898304),
+    "llama-2-7b": (291, 4080263168),
+    "llama-3.1-70b": (724, 42512531712),
+    "mistral-7b": (291, 4372054016),
+    "mixtral-8x7b": (323, 28447727616),
+    "qwen2.5-7b": (339, 4677120000),
+    "qwen2.5-32b": (771, 19845357568),
+    "qwen3-8b": (399, 5021827072),
+    "qwen3-30b-a3b": (579, 18550716416),
+    "gemma-2-9b": (464, 5755000832),
+    "gemma-3-4b": (444, 2483218432),
+    "gemma-3-12b": (626, 7294024704),
+    "phi-3-mini": (195, 2396032512),
+    "deepseek-v2-lite": (404, 10363959296),
+    "gpt-oss-20b": (459, 12096558336),
+    "command-r7b": (258, 5046091776),
+    "qwen2.5-14b": (579, 8982142976),
+    "deepseek-r1-14b": (579, 8982142976),
+    "gemma-3-27b": (808, 16539843584),
+    "qwen2.5-0.5b": (290, 391859712),  # tied embedding, n_embd 896: Q8_0 fallbacks
+    "llama-3.2-1b": (147, 799862912),  # tied embedding
 }
 
 MiB = 1024 * 1024
@@ -70,6 +72,31 @@ def test_shape_builds_with_stable_inventory(name):
     assert shape.tensor("token_embd.weight").shape == (shape.metadata[f"{shape.arch}.embedding_length"],
                                                        shape.n_vocab)
     assert get_shape(name) == shape  # builders are pure
+
+
+def _type_counts(name: str) -> dict[str, int]:
+    return dict(Counter(type_name(t.ggml_type) for t in get_shape(name).tensors))
+
+
+def test_types_follow_llama_quant_q4_k_m():
+    # llama-quant.cpp use_more_bits: Q6_K for attn_v and ffn_down only on layers i < n/8, i >= 7n/8 or
+    # (i - n/8) % 3 == 2 (16 of 32), plus the output: Llama 3 8B Q4_K_M loads as "q4_K: 193, q6_K: 33"
+    assert _type_counts("llama-3.1-8b") == {"f32": 66, "q4_k": 193, "q6_k": 33}  # + rope_freqs (f32)
+    s = get_shape("llama-3.1-8b")
+    q6 = [i for i in range(32) if s.tensor(f"blk.{i}.attn_v.weight").ggml_type == GGMLType.Q6_K]
+    assert q6 == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+    assert [i for i in range(32) if s.tensor(f"blk.{i}.ffn_down.weight").ggml_type == GGMLType.Q6_K] == q6
+    assert _type_counts("qwen2.5-7b") == {"f32": 141, "q4_k": 169, "q6_k": 29}  # 28 layers: 14 + 14 + output
+    # rows of 896 (Qwen2.5-0.5B): Q4_K falls back to Q5_0, Q6_K to Q8_0; the tied embedding is the output
+    counts = _type_counts("qwen2.5-0.5b")
+    assert counts["q5_0"] == 132 and get_shape("qwen2.5-0.5b").tensor("token_embd.weight").ggml_type == GGMLType.Q8_0
+    # 8 experts (Mixtral): attn_v and attn_k Q8_0, attn_output Q5_K; a LLaMA 70B's other attn_v Q5_K
+    s = get_shape("mixtral-8x7b")
+    assert {s.tensor(f"blk.5.{r}.weight").ggml_type for r in ("attn_v", "attn_k")} == {GGMLType.Q8_0}
+    assert s.tensor("blk.5.attn_output.weight").ggml_type == GGMLType.Q5_K
+    s = get_shape("llama-3.1-70b")
+    assert (s.tensor("blk.10.attn_v.weight").ggml_type, s.tensor("blk.12.attn_v.weight").ggml_type) == \
+        (GGMLType.Q5_K, GGMLType.Q6_K)
 
 
 def test_unknown_shape_names_the_known_ones():
@@ -140,6 +167,7 @@ def test_architecture_details():
     exp_type = GGMLType.MXFP4 if hasattr(GGMLType, "MXFP4") else GGMLType.Q8_0
     assert s.tensor("blk.0.ffn_gate_exps.weight").ggml_type == exp_type
     assert s.tensor("blk.0.attn_q.weight").ggml_type == GGMLType.Q8_0
+    assert s.tensor("blk.0.attn_output.weight").ggml_type == GGMLType.Q8_0  # MXFP4_MOE: every non-expert Q8_0
     # Command R7B
     s = get_shape("command-r7b")
     assert s.metadata["cohere2.attention.sliding_window"] == 4096 and s.metadata["cohere2.logit_scale"] == 0.25
