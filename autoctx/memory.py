@@ -37,6 +37,7 @@ CPU_ALIGNMENT = 32
 CUDA_ALIGNMENT = 128
 MATRIX_ROW_PADDING = 512  # ggml-cuda/common.cuh, ggml-sycl/presets.hpp: quantized rows padded to a multiple of this
 
+SPLIT_MODES = ("none", "layer", "row", "tensor")  # common/arg.cpp --split-mode
 KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")  # common/arg.cpp
 
 # ggml-cpu/repack.cpp ggml_repack_get_optimal_repack_type on x86 with AVX2 (type -> ne1 multiple);
@@ -66,6 +67,10 @@ class Backend:
     host_extra: int = 0  # bytes its alloc_buffer adds to every buffer (Vulkan_Host: +32)
     maps_weights: bool = False  # buffer_from_host_ptr: with mmap, the device's weights are a range of the file
     remote: bool = False  # RPC: alignment and alloc sizes are the worker's backend's (asked over the wire)
+    # compute-buffer rules (see device_compute_buffers):
+    offload_op: str = ""  # the device's offload_op: "" none (CPU-weight ops stay on the CPU), "all" any op with a
+    #                       batch >= 32 (CUDA/ROCm/MUSA, Vulkan, SYCL), "matmul" MUL_MAT/MUL_MAT_ID only (Metal)
+    fa_f16_copies: bool = False  # flash attention converts a quantized K/V to f16 inside the FA node's allocation
 
 
 # The buffer-type rules of each backend (ggml/src/ggml-<backend>/...); GPU layer placement is the same for all of them
@@ -78,24 +83,24 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     # ggml-cuda.cu: alignment 128, get_alloc_size pads quantized rows, host buffer CUDA_Host with the CPU buffer
     # type's alignment and alloc size (GGML_CUDA_NAME is ROCm in a HIP build and MUSA in a MUSA build: same file)
     Backend("CUDA", "ggml/src/ggml-cuda/ggml-cuda.cu, ggml/src/ggml-cuda/common.cuh", CUDA_ALIGNMENT,
-            pads_quant_rows=True, host_buffer="CUDA_Host"),
+            pads_quant_rows=True, host_buffer="CUDA_Host", offload_op="all", fa_f16_copies=True),
     Backend("ROCm", "ggml/src/ggml-cuda/ggml-cuda.cu (GGML_USE_HIP), ggml/include/ggml-cuda.h", CUDA_ALIGNMENT,
-            pads_quant_rows=True, host_buffer="ROCm_Host"),
+            pads_quant_rows=True, host_buffer="ROCm_Host", offload_op="all", fa_f16_copies=True),
     Backend("MUSA", "ggml/src/ggml-cuda/ggml-cuda.cu (GGML_USE_MUSA), ggml/include/ggml-cuda.h", CUDA_ALIGNMENT,
-            pads_quant_rows=True, host_buffer="MUSA_Host"),
+            pads_quant_rows=True, host_buffer="MUSA_Host", offload_op="all", fa_f16_copies=True),
     # ggml-vulkan.cpp: alignment = the device's minStorageBufferOffsetAlignment (16 on NVIDIA, 4 on AMD, 64 on
     # Intel; default 16), alloc size = nbytes; Vulkan_Host aligns to minMemoryMapAlignment (default 64, the Vulkan
     # spec's minimum) and allocates 32 bytes more than asked
     Backend("Vulkan", "ggml/src/ggml-vulkan/ggml-vulkan.cpp", 16, alignment_varies="minStorageBufferOffsetAlignment",
-            host_buffer="Vulkan_Host", host_alignment=64, host_extra=32),
+            host_buffer="Vulkan_Host", host_alignment=64, host_extra=32, offload_op="all"),
     # ggml-metal.cpp: alignment 32, alloc size = nbytes (compute ops add scratch), no host buffer type (host-side
     # buffers print as CPU), buffer_from_host_ptr: with mmap the weights are MTL0_Mapped ranges of the file
     Backend("MTL", "ggml/src/ggml-metal/ggml-metal.cpp, ggml/src/ggml-metal/ggml-metal-device.m", 32,
-            maps_weights=True),
+            maps_weights=True, offload_op="matmul"),
     # ggml-sycl.cpp / common.hpp: SYCL_BUFFER_ALIGNMENT 128, quantized rows padded (presets.hpp), SYCL_Host with the
     # CPU buffer type's alignment
     Backend("SYCL", "ggml/src/ggml-sycl/ggml-sycl.cpp, ggml/src/ggml-sycl/common.hpp", 128, pads_quant_rows=True,
-            host_buffer="SYCL_Host"),
+            host_buffer="SYCL_Host", offload_op="all"),
     # ggml-rpc.cpp: the buffer type asks the worker for its alignment, and for the alloc size of a quantized tensor
     # with ne0 % 512 != 0 (others: nbytes), so sizes follow the worker's backend; no host buffer type, no
     # buffer_from_host_ptr. Devices are RPC0, RPC1... across --rpc servers in order; buffers print as
@@ -193,6 +198,9 @@ class Params:
     offload_kqv: bool = True
     fit: bool = True
     tensor_split: tuple[float, ...] | None = None
+    split_mode: str = "layer"  # -sm none | layer | row | tensor (row/tensor: estimated as layer, with a note)
+    main_gpu: int = 0  # -mg: the one device used with -sm none (negative: none)
+    op_offload: bool = True  # --no-op-offload: CPU-weight ops of a big batch stay on the CPU
     embeddings: bool = False
     devices: tuple[Device, ...] = ()
     # which weight types the host CPU backend repacks (autoctx.probe.cpu.host_repack_rules); none by default
@@ -224,6 +232,14 @@ class Params:
                 raise ArgsError(f"unsupported KV cache type {name!r} (allowed: {', '.join(KV_TYPES)})")
         if p.flash_attn not in ("on", "off", "auto"):
             raise ArgsError(f"--flash-attn must be on, off or auto, not {p.flash_attn!r}")
+        if p.split_mode not in SPLIT_MODES:
+            raise ArgsError(f"--split-mode must be one of {', '.join(SPLIT_MODES)}, not {p.split_mode!r}")
+        if p.split_mode == "none" and p.devices:
+            # src/llama.cpp llama_model_load: single-GPU mode keeps only the main GPU (none with -mg < 0)
+            if p.main_gpu >= len(p.devices):
+                raise ArgsError(f"--main-gpu {p.main_gpu}: only {len(p.devices)} device(s) "
+                                f"({', '.join(d.name for d in p.devices)})")
+            p = replace(p, devices=() if p.main_gpu < 0 else (p.devices[p.main_gpu],))
         return p
 
     def as_dict(self) -> dict[str, Any]:
@@ -636,32 +652,214 @@ def compute_bytes(spec: ModelSpec, n_kv: int, n_kv_swa: int, n_tokens: int, n_ou
     return 40 * n_tokens + max(layers, out_peak)
 
 
-def largest_cpu_weight(spec: ModelSpec, layer_dev: list[str]) -> int:
-    """The largest matmul weight (2+ dims) of the blocks left on the CPU (0 when every block is offloaded)."""
-    cpu_layers = {il for il, d in enumerate(layer_dev) if d == CPU}
-    if not cpu_layers:
-        return 0
-    return max((t.nbytes for t, li in zip(spec.tensors, spec.tensor_layer) if li in cpu_layers and len(t.shape) >= 2),
-               default=0)
+# ----------------------------------------------------------------------------------------------------------------
+# Compute buffers with devices: the scheduler (ggml/src/ggml-backend.cpp) and ggml-alloc (ggml/src/ggml-alloc.c)
+# ----------------------------------------------------------------------------------------------------------------
 
 
-def gpu_compute_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], out_dev: str, compute: int,
-                        n_tokens: int, extra: int | None = None) -> list[Buffer]:
-    """Compute buffers when layers are offloaded (UNVERIFIED on real GPUs: no GPU was lent to measure them).
+GGML_SCHED_MAX_COPIES = 4  # ggml-backend.cpp: copies of every graph/split input with pipeline parallelism
+OP_OFFLOAD_MIN_BATCH = 32  # GGML_OP_OFFLOAD_MIN_BATCH default (ggml-cuda.cu, ggml-vulkan.cpp, ggml-metal-device.m...)
+# src/models/*.cpp: build_inp_embd(tok_embd, sqrtf(n_embd)) scales the token rows by an input (inp_scale_rows)
+_SCALED_EMBD = ("gemma3", "gemma3n", "gemma4", "gemma-embedding")
+# src/llama-arch.cpp llm_arch_supports_mixed_batch: no mixed token/embedding path (inp_mixed_*) for these
+_NO_MIXED = ("cogvlm", "deepseek4", "graniteswitch", "eagle3", "dflash", "gemma4-assistant")
+# src/llama-model.cpp llama_model_rope_type: M-RoPE/IM-RoPE archs have 4 positions per token (n_pos_per_embd)
+_MROPE = ("qwen2vl", "paddleocr", "qwen3vl", "qwen3vlmoe", "qwen35", "qwen35moe")
+# Live n_embd×T rows (f32) at a layer peak beyond its own tensors, by where the layer runs (measured with the RPC
+# devices, tests/test_rpc_server.py: 25 device buffers of 3 models; ggml-alloc's best fit leaves these as holes):
+# the device running block 0 keeps the embedding stage's output (a dup of inp_mixed_embd, viewed by the set_rows
+# that selects the batch's rows) and the holes of its three freed input copies; a later device keeps the residual
+# and one hole, one more with pipeline parallelism (its inputs are allocated first, in four copies). The CPU closed
+# form's 5·E rows (compute_peak_floats) are these plus the two host-resident embedding inputs.
+_LIVE_E_FIRST, _LIVE_E_NEXT, _LIVE_E_NEXT_PP, _LIVE_E_CPU_FIRST = 4, 2, 3, 3
 
-    Each GPU holding layers reserves the graph's peak for its part (the closed form); with a partial offload the
-    scheduler also copies CPU-resident weights to the GPU for batches >= 32 (op_offload, ggml-cuda.cu), so the first
-    GPU holds the largest CPU-resident matmul weight as well. The host side keeps the input embeddings
-    (token_embd is always on the CPU) in the device's pinned *_Host buffer.
+
+@dataclass(frozen=True)
+class GraphInput:
+    """One graph input tensor of the prompt-processing graph (src/llama-graph.cpp, src/llama-kv-cache.cpp).
+
+    `use`: who reads it, so which devices get a copy: "host" (read by the CPU only: token ids for the CPU's
+    get_rows, the vector-embedding input a token batch never reads), "embd" (the embedding stage: the device running
+    block 0), "pos" (every device with attention layers), "kv:<cache>" (the devices with layers of that cache:
+    "base" or "swa"), "out" (the device running the last block)."""
+
+    name: str
+    bytes: int
+    use: str
+
+
+def graph_inputs(spec: ModelSpec, p: Params, n_kv: int, n_kv_swa: int, n_tokens: int, n_outputs: int,
+                 flash_attn: bool) -> list[GraphInput]:
+    """Every input tensor of the pp graph, as the pinned build creates them. They are leafs flagged as inputs, so the
+    scheduler assigns them to the CPU backend (ggml-backend.cpp: "graph input" → the last backend) and they live in
+    the host compute buffer; each device that reads one gets a copy in its own compute buffer."""
+    T, E = n_tokens, spec.n_embd
+    out = [GraphInput("inp_tokens", 4 * T, "host"), GraphInput("inp_embd", 4 * E * T, "host")]
+    if spec.architecture not in _NO_MIXED:  # build_inp_embd's mixed path (token rows set into embedding rows)
+        out += [GraphInput("inp_mixed_tokens", 4 * T, "host"), GraphInput("inp_mixed_slots", 8 * T, "embd"),
+                GraphInput("inp_mixed_embd", 4 * E * T, "embd")]
+    if spec.architecture in _SCALED_EMBD:
+        out.append(GraphInput("inp_scale_rows", 4 * T, "embd"))
+    if any(spec.has_kv):
+        out.append(GraphInput("inp_pos", 4 * T * (4 if spec.architecture in _MROPE else 1), "pos"))
+    mask_el = 2 if flash_attn else 4
+    caches = [("base", n_kv, spec.head_k, spec.head_v)]
+    if n_kv_swa:
+        caches.append(("swa", n_kv_swa, spec.head_k_swa, spec.head_v_swa))
+    v_rows = 1 if flash_attn else spec.n_embd_v_gqa_max()  # llama-kv-cache.cpp build_input_v_idxs (v_trans)
+    for cache, cells, hk, hv in caches:
+        if cache == "base" and not any(h and not (n_kv_swa and s) for h, s in zip(spec.has_kv, spec.is_swa)):
+            continue
+        use = f"kv:{cache}"
+        out += [GraphInput("attn_inp_k_idxs", 8 * T, use), GraphInput("attn_inp_v_idxs", 8 * T * v_rows, use),
+                GraphInput("attn_inp_kq_mask", cells * T * mask_el, use)]
+        rot = rotation_input_bytes(hk, hv, p.cache_type_k, p.cache_type_v, spec.is_mla)
+        if rot:
+            out.append(GraphInput("attn_inp_rot", rot, use))
+    out.append(GraphInput("out_ids", 4 * n_outputs, "out"))
+    return out
+
+
+def pipeline_parallel(spec: ModelSpec, p: Params, ngl: int) -> bool:
+    """src/llama-context.cpp: more than one device, every layer offloaded (-ngl > n_layer, the output included), layer
+    split, KV offloaded, no tensor overrides, and every device async with events (all GPU backends and RPC are)."""
+    return len(p.devices) > 1 and ngl > spec.n_layer and p.split_mode == "layer" and p.offload_kqv
+
+
+def op_offload_device(p: Params, n_tokens: int) -> Device | None:
+    """The device that runs the CPU layers' ops of a prompt batch (ggml-backend.cpp ggml_backend_sched_backend_id_
+    from_cur: an op whose weight is in host memory goes to the first device whose offload_op says yes): none with
+    --no-op-offload, for a batch under 32 tokens, or when no device offloads ops (RPC: offload_op NULL)."""
+    if not p.op_offload or n_tokens < OP_OFFLOAD_MIN_BATCH:
+        return None
+    return next((d for d in p.devices if d.backend.offload_op), None)
+
+
+def _fa_f16_copy_floats(spec: ModelSpec, p: Params, cells: int, n_stream: int) -> int:
+    """ggml-cuda/fattn-common.cuh ggml_cuda_flash_attn_ext_get_f16_extra_data: for a prompt batch the MMA/TILE
+    kernels convert a quantized K and V of the layer to f16 inside the FA node's allocation (nelements × 2 bytes
+    each, 128-aligned; V shares K's copy when it is a view of K, as with MLA). In f32 elements (÷ 4), for the
+    widest layer."""
+    k = max((spec.n_embd_k_gqa(il) for il in range(spec.n_layer) if spec.has_kv[il]), default=0)
+    v = spec.n_embd_v_gqa_max()
+    total = 0
+    if is_quantized(p.cache_type_k):
+        total += pad(k * cells * n_stream * 2, 128)
+    if is_quantized(p.cache_type_v) and not spec.is_mla:
+        total += pad(v * cells * n_stream * 2, 128)
+    return total // 4
+
+
+def _kv_view_copy_floats(spec: ModelSpec, p: Params, cells: int, n_stream: int) -> int:
+    """A layer's K and V views copied into the device that runs its attention while the cache sits elsewhere (-nkvo,
+    or an op-offloaded CPU layer): the scheduler copies each src from an incompatible buffer (split inputs)."""
+    tk, tv = type_from_name(p.cache_type_k), type_from_name(p.cache_type_v)
+    kw = max((spec.n_embd_k_gqa(il) for il in range(spec.n_layer) if spec.has_kv[il]), default=0)
+    vw = spec.n_embd_v_gqa_max()
+    size = row_bytes(tk, kw) * cells * n_stream + (0 if spec.is_mla else row_bytes(tv, vw) * cells * n_stream)
+    return size // 4
+
+
+def device_compute_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], out_dev: str, ngl: int, n_kv: int,
+                           n_kv_swa: int, n_tokens: int, n_outputs: int, flash_attn: bool) -> list[Buffer]:
+    """The compute buffer of every backend when devices take part (sched_reserve with a multi-backend scheduler).
+
+    The structure follows the scheduler (ggml/src/ggml-backend.cpp); each term says where it was checked:
+    - host (the CPU backend; its buffer type is the first device's host buffer type, llama-context.cpp: CUDA_Host,
+      ROCm_Host, Vulkan_Host, SYCL_Host, else CPU): every graph input (graph_inputs) plus the token-embedding
+      get_rows outputs (token_embd is always on the CPU; a get_rows is never offloaded) that a device copies, which
+      stay allocated (the copy's source view). EXACT on RPC (to the 0.01 MiB printed). Public CUDA logs of older
+      builds (no mixed-batch inputs) show the same rule: masks + 2·n_embd·n_ubatch·4.
+    - a device: the split inputs copied into it (the graph inputs its layers read, see GraphInput.use) plus its
+      activation peak: the closed form's layer peaks (compute_peak_floats) with the live n_embd rows of where the
+      layer runs (_LIVE_E_*) instead of the CPU's five. Within 10 % on every RPC run (tests/test_rpc_server.py).
+    - pipeline parallelism (pipeline_parallel): every graph input and every split input in 4 copies
+      (GGML_SCHED_MAX_COPIES; copies are flagged inputs and outputs, so never freed), one n_embd row per device
+      boundary. EXACT for the inputs on RPC; the CPU buffer exact.
+    - a CPU block without op offload runs on the CPU: its live set is in the host buffer (RPC: within 10 %).
+    - -nkvo: a layer's attention runs on its device (the scheduler expands the device's ops over the weightless
+      attention), so the layer's K and V views are copied from the host cache into the device's buffer; they add to
+      its peak (RPC: within 10 %, the host buffer exact).
+    - op offload (a device whose offload_op says yes, a batch >= 32, not --no-op-offload): every op of a CPU block
+      with a host weight goes to the first such device, and the weightless ops around them follow (expansion), so
+      the CPU blocks run there: their weights are copied in one split at a time (transient: each is freed after its
+      matmul and fits the holes) and their K/V views are copied as with -nkvo; the host keeps only the inputs.
+      SOURCE ONLY (RPC devices never offload ops). One public CUDA log, Llama-3.1-8B Q4_0 FA 32k: 248 MiB GPU with
+      15/33 layers and with -ngl 0, vs 140 at full offload; this model gives 260 and 276 (its build lacked the
+      mixed-batch inputs: one n_embd row less, 268).
+    - CUDA/ROCm/MUSA flash attention with a quantized K or V: the f16 copies in the FA node (_fa_f16_copy_floats).
+      SOURCE ONLY (exact size from ggml-cuda; whether it is the peak follows the closed form).
     """
+    E, T = spec.n_embd, n_tokens
+    row = 4 * E * T
+    pp = pipeline_parallel(spec, p, ngl)
+    copies = GGML_SCHED_MAX_COPIES if pp else 1
+    devs = {d.name: d for d in p.devices}
+    off = op_offload_device(p, T)
+    # which device runs each block's ops (the CPU blocks on the op-offload device when there is one)
+    runs = [(off.name if off is not None and d == CPU else d) for d in layer_dev]
+    inputs = graph_inputs(spec, p, n_kv, n_kv_swa, T, n_outputs, flash_attn)
+    n_stream = 1 if p.kv_unified else p.n_parallel
+    peaks = compute_peak_floats(spec, n_kv, T, n_outputs, flash_attn)
+    out_floats = peaks.pop("output")
+    layer_peak = max(peaks.values())
+    attn = peaks["attn"]
+    first_dev = runs[0] if runs else out_dev
+    last_dev = runs[-1] if runs else out_dev
+    kv_dev = [(d if p.offload_kqv else CPU) for d in layer_dev]  # where each block's cache is
     out: list[Buffer] = []
-    gpus = [d.name for d in p.devices if d.name in layer_dev or d.name == out_dev]
-    if extra is None:
-        extra = largest_cpu_weight(spec, layer_dev)
-    for i, g in enumerate(gpus):
-        out.append(Buffer(g, "compute", compute + (extra if i == 0 else 0), g))
-    host = next(d.host_buffer for d in p.devices if d.name == gpus[0])
-    out.append(Buffer(CPU, "compute", 4 * spec.n_embd * n_tokens * 2 + 40 * n_tokens, host))
+
+    def reads(dev: str) -> list[GraphInput]:
+        mine = [il for il, d in enumerate(runs) if d == dev]
+        caches = {("swa" if n_kv_swa and spec.is_swa[il] else "base") for il in mine if spec.has_kv[il]}
+        return [g for g in inputs if (g.use == "embd" and dev == first_dev) or (g.use == "pos" and caches)
+                or (g.use.startswith("kv:") and g.use[3:] in caches) or (g.use == "out" and dev == last_dev)]
+
+    def activation(dev: str, live_e: int) -> int:
+        """The live set at the device's peak, in bytes: its blocks' closed-form peak with `live_e` rows of n_embd."""
+        mine = [il for il, d in enumerate(runs) if d == dev]
+        if not mine:  # the output layer alone: its logits and the normed rows of the outputs
+            return 4 * (spec.n_vocab * n_outputs + E * n_outputs)
+        cells = n_kv_swa if n_kv_swa and all(spec.is_swa[il] for il in mine) else n_kv
+        d = devs.get(dev)
+        floats = layer_peak
+        if flash_attn and d is not None and d.rules.fa_f16_copies:  # inside the FA node: freed with it
+            floats = max(floats, attn + _fa_f16_copy_floats(spec, p, cells, n_stream))
+        if dev == out_dev:
+            floats = max(floats, out_floats)
+        if any(kv_dev[il] != dev and spec.has_kv[il] for il in mine):  # -nkvo, or op-offloaded CPU blocks
+            # the copies are freed after the attention, but the layer's larger FFN tensors do not fit their hole:
+            # measured with -nkvo on RPC (the buffer grows by one layer's K and V views)
+            floats += _kv_view_copy_floats(spec, p, cells, n_stream)
+        return 4 * floats - (5 - live_e) * row
+
+    n_get_rows = 1 if spec.architecture in _NO_MIXED else 2  # get_rows of inp_tokens (and of inp_mixed_tokens)
+    for d in p.devices:
+        name = d.name
+        if name not in runs and name != out_dev:
+            continue
+        # Without pipeline parallelism the embedding stage's copies and a boundary's rows are freed early (their
+        # holes are in _LIVE_E_*); with it every split input stays, in 4 copies: the embedding stage's inputs and
+        # the CPU's get_rows outputs on the first device, the previous device's output rows (l_out) on the others.
+        size = copies * sum(pad(g.bytes, d.alignment) for g in reads(name) if pp or g.use != "embd")
+        if pp:
+            size += copies * pad(row, d.alignment) * (n_get_rows if name == first_dev else 1)
+        live = _LIVE_E_FIRST if name == first_dev else (_LIVE_E_NEXT_PP if pp else _LIVE_E_NEXT)
+        size += activation(name, live)
+        out.append(Buffer(name, "compute", size, d.buffer_name))
+    host_dev = p.devices[0] if p.devices else None
+    host_name = host_dev.host_buffer if host_dev is not None else CPU
+    h_align = host_dev.backend.host_alignment if host_dev is not None and host_dev.has_host_buffer else CPU_ALIGNMENT
+    host = copies * sum(pad(g.bytes, h_align) for g in inputs)
+    if first_dev != CPU:
+        host += n_get_rows * pad(row, h_align)
+    if CPU in runs:  # CPU blocks without op offload: their live set, block 0's embedding stage included
+        host += activation(CPU, _LIVE_E_CPU_FIRST)
+    elif out_dev == CPU:  # -ngl 0 with op offload: the output rows (fewer than 32) stay on the CPU
+        host += 4 * (spec.n_vocab * n_outputs + E * n_outputs)
+    if host_dev is not None and host_dev.has_host_buffer and host_dev.backend.host_extra:
+        host += host_dev.backend.host_extra
+    out.append(Buffer(CPU, "compute", host, host_name))
     return out
 
 
@@ -671,8 +869,8 @@ def gpu_compute_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], out_de
 
 
 def _placed_weights(spec: ModelSpec, p: Params, layer_dev: list[str], out_dev: str,
-                    memo: dict | None) -> tuple[list[Buffer], int]:
-    """model_buffers and largest_cpu_weight of one layer placement: the two walks over every tensor.
+                    memo: dict | None) -> list[Buffer]:
+    """model_buffers of one layer placement: the walk over every tensor.
 
     The planner estimates the same placement at many context sizes and KV types; with `memo` (a dict the caller
     keeps for one ModelSpec) each placement walks the tensors once, so a plan's work does not grow with tensors ×
@@ -680,8 +878,7 @@ def _placed_weights(spec: ModelSpec, p: Params, layer_dev: list[str], out_dev: s
     key = (tuple(layer_dev), out_dev, p.devices, p.repack, p.no_host, p.mmap, tuple(sorted(p.cpu_repack.items())))
     if memo is not None and key in memo:
         return memo[key]
-    offloaded = any(d != CPU for d in layer_dev) or out_dev != CPU
-    found = (model_buffers(spec, p, layer_dev, out_dev), largest_cpu_weight(spec, layer_dev) if offloaded else 0)
+    found = model_buffers(spec, p, layer_dev, out_dev)
     if memo is not None:
         memo[key] = found
     return found
@@ -700,7 +897,7 @@ def estimate(spec: ModelSpec, params: Params, memo: dict | None = None) -> Estim
                         f"({p.cache_type_v}) cache types")
     ngl = resolve_ngl(spec, p)
     layer_dev, out_dev = layer_devices(spec, p, ngl)
-    weights, cpu_weight = _placed_weights(spec, p, layer_dev, out_dev, memo)
+    weights = _placed_weights(spec, p, layer_dev, out_dev, memo)
     buffers = list(weights)
     kv, n_swa_cells = kv_buffers(spec, p, n_ctx_seq, n_ubatch, fa, layer_dev)
     buffers += kv
@@ -708,15 +905,28 @@ def estimate(spec: ModelSpec, params: Params, memo: dict | None = None) -> Estim
     host = CPU if out_dev == CPU else next(d.host_buffer for d in p.devices if d.name == out_dev)
     buffers.append(Buffer(CPU, "output", output_bytes(spec, p), host))
     n_tokens = min(n_ctx, n_ubatch)
+    n_seqs = 1 if p.kv_unified else p.n_parallel  # llama-context.cpp graph_reserve: a multiple of n_seqs tokens
+    n_tokens = -(-n_tokens // n_seqs) * n_seqs
     n_out = min(n_tokens, n_outputs_max)
-    compute = compute_bytes(spec, n_ctx_seq, n_swa_cells, n_tokens, n_out, fa, p.cache_type_k, p.cache_type_v)
     notes: list[str] = []
-    gpu_layers = [d for d in dict.fromkeys(layer_dev + [out_dev]) if d != CPU]
-    if not gpu_layers:
-        buffers.append(Buffer(CPU, "compute", compute, CPU))
+    off = op_offload_device(p, n_tokens)
+    if all(d == CPU for d in layer_dev) and out_dev == CPU and off is None:
+        # the CPU runs the whole graph: the calibrated closed form, in the first device's host buffer type if any
+        compute = compute_bytes(spec, n_ctx_seq, n_swa_cells, n_tokens, n_out, fa, p.cache_type_k, p.cache_type_v)
+        buffers.append(Buffer(CPU, "compute", compute, p.devices[0].host_buffer if p.devices else CPU))
     else:
-        buffers += gpu_compute_buffers(spec, p, layer_dev, out_dev, compute, n_tokens, cpu_weight)
-        notes.append("GPU compute buffers use the CPU-calibrated closed form; not yet checked against a GPU run")
+        buffers += device_compute_buffers(spec, p, layer_dev, out_dev, ngl, n_ctx_seq, n_swa_cells, n_tokens, n_out,
+                                          fa)
+        if off is not None and CPU in layer_dev:
+            notes.append(f"op offload: prompt batches of the CPU layers run on {off.name} (their weights and KV "
+                         "copied in); its compute buffer is modelled from the llama.cpp source and one public CUDA "
+                         "log, not measured")
+        if fa and any(d.rules.fa_f16_copies for d in p.devices) and (is_quantized(p.cache_type_k)
+                                                                       or is_quantized(p.cache_type_v)):
+            notes.append("flash attention converts the quantized K/V of a layer to f16 in the compute buffer "
+                         "(ggml-cuda fattn): modelled from the source, not measured")
+    if p.split_mode in ("row", "tensor"):
+        notes.append(f"--split-mode {p.split_mode} is not modelled: buffers are estimated as for --split-mode layer")
     if p.fit and p.n_ctx <= 0:
         notes.append("-c unset with --fit on: llama-server may lower the context to fit free memory")
     return Estimate(spec, p, n_ctx, n_ctx_seq, n_batch, n_ubatch, n_outputs_max, fa, n_ctx_seq, n_swa_cells, ngl,

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from ...errors import ArgsError
-from ...memory import KV_TYPES, Device, Params
+from ...memory import KV_TYPES, SPLIT_MODES, Device, Params
 from ._server_flags import FLAGS
 
 # canonical name -> spellings (common/arg.cpp)
@@ -35,6 +35,10 @@ SPELLINGS: dict[str, tuple[str, ...]] = {
     "nkvo": ("-nkvo", "--no-kv-offload"),
     "kvo": ("-kvo", "--kv-offload"),
     "ts": ("-ts", "--tensor-split"),
+    "sm": ("-sm", "--split-mode"),
+    "mg": ("-mg", "--main-gpu"),
+    "op_offload": ("--op-offload",),
+    "no_op_offload": ("--no-op-offload",),
     "embedding": ("--embedding", "--embeddings"),
     "rerank": ("--rerank", "--reranking"),  # sets embedding too (and pooling = rank, which the server applies)
     "rpc": ("--rpc",),  # RPC servers: their devices come first (src/llama.cpp); passed through as given
@@ -195,6 +199,17 @@ def parse_server_args(argv: list[str], base: Params | None = None) -> ParsedArgs
             if not all(0 <= x < float("inf") for x in split):  # nan fails too
                 raise ArgsError(f"{flag} expects proportions (numbers >= 0), got {value!r}")
             p = replace(p, tensor_split=split)
+        elif name == "sm":
+            v = value.lower()
+            if v not in SPLIT_MODES:
+                raise ArgsError(f"{flag} expects one of {', '.join(SPLIT_MODES)}, got {value!r}")
+            p = replace(p, split_mode=v)
+        elif name == "mg":
+            p = replace(p, main_gpu=_int(flag, value))
+        elif name == "op_offload":
+            p = replace(p, op_offload=True)
+        elif name == "no_op_offload":
+            p = replace(p, op_offload=False)
         elif name == "embedding":
             p = replace(p, embeddings=True)
         elif name == "model":
@@ -333,6 +348,12 @@ def to_server_args(p: Params, model: str | None = None) -> list[str]:
         argv.append("--no-kv-offload")
     if p.tensor_split:
         argv += ["-ts", ",".join(_num(x) for x in p.tensor_split)]
+    if p.split_mode != "layer":
+        argv += ["-sm", p.split_mode]
+    if p.main_gpu:
+        argv += ["-mg", str(p.main_gpu)]
+    if not p.op_offload:
+        argv.append("--no-op-offload")
     if p.embeddings:
         argv.append("--embedding")
     argv += ["--fit", "on" if p.fit else "off"]
