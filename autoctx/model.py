@@ -23,6 +23,8 @@ from .gguf._constants import GGUFValueType
 #   period:  default sliding_window_pattern period; dense_first: pattern counts the full layer first
 #   n_swa:   default window when the GGUF has none
 #   recurrent: "none" | "all" (pure SSM/RWKV) | "head_kv0" (layers with 0 KV heads) | "interval" (qwen3next family)
+#   shortconv: recurrent layers are LFM2 short convolutions: their state is n_embd x (shortconv.l_cache - 1), no SSM
+#   swa "attn_if_window": every attention layer slides when the GGUF has a sliding_window > 0 (lfm2)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -34,6 +36,7 @@ class ArchRule:
     n_swa: int = 0
     recurrent: str = "none"
     kv_from_start: int = -1  # gemma3n: only the first N layers own a KV cache
+    shortconv: bool = False
 
 
 _DENSE = ArchRule()
@@ -70,7 +73,75 @@ ARCH_RULES: dict[str, ArchRule] = {
     "qwen3next": ArchRule(recurrent="interval"),
     "qwen35": ArchRule(recurrent="interval"),
     "qwen35moe": ArchRule(recurrent="interval"),
+    # src/models/lfm2.cpp, lfm2moe.cpp: conv layers are the ones with 0 KV heads (llama_memory_hybrid)
+    "lfm2": ArchRule(swa="attn_if_window", recurrent="head_kv0", shortconv=True),
+    "lfm2moe": ArchRule(recurrent="head_kv0", shortconv=True),
 }
+
+# Every architecture name of the pinned llama.cpp (src/llama-arch.cpp LLM_ARCH_NAMES, "(unknown)" left out), in its
+# order. tests/test_arch_coverage.py compares it with the cached source; scripts/gen_arch_table.py prints the README's
+# table from it.
+LLAMA_ARCHS: tuple[str, ...] = (
+    "clip", "llama", "llama4", "deci", "falcon", "grok", "gpt2", "gptj", "gptneox", "mpt", "baichuan",
+    "starcoder", "refact", "bert", "modern-bert", "nomic-bert", "nomic-bert-moe", "neo-bert", "jina-bert-v2",
+    "jina-bert-v3", "eurobert", "bloom", "stablelm", "qwen", "qwen2", "qwen2moe", "qwen2vl", "qwen3",
+    "qwen3moe", "qwen3next", "qwen3vl", "qwen3vlmoe", "qwen35", "qwen35moe", "clef", "qwen4exp", "phi2", "phi3",
+    "phimoe", "plamo", "plamo2", "plamo3", "codeshell", "orion", "internlm2", "minicpm", "minicpm3", "gemma",
+    "gemma2", "gemma3", "gemma3n", "gemma4", "gemma4-assistant", "gemma-embedding", "starcoder2", "mamba",
+    "mamba2", "maple", "jamba", "falcon-h1", "xverse", "command-r", "cohere2", "cohere2moe", "dbrx", "olmo",
+    "olmo2", "olmoe", "muse-glimmer", "openelm", "arctic", "deepseek", "deepseek2", "deepseek2-ocr",
+    "deepseek32", "deepseek4", "chatglm", "glm4", "glm4moe", "glm-dsa", "bitnet", "t5", "t5encoder", "jais",
+    "jais2", "nemotron", "nemotron_h", "nemotron_h_moe", "exaone", "exaone4", "exaone-moe", "rwkv6",
+    "rwkv6qwen2", "rwkv7", "arwkv7", "granite", "granitemoe", "granitehybrid", "graniteswitch", "granite_swa",
+    "chameleon", "wavtokenizer-dec", "plm", "bailingmoe", "bailingmoe2", "bailingmoe3", "dots1", "dots3note",
+    "arcee", "afmoe", "laguna", "ernie4_5", "ernie4_5-moe", "hunyuan-moe", "hunyuan-dense", "hunyuan_vl",
+    "hy_v3", "hy_v4", "smollm3", "gpt-oss", "lfm2", "lfm2moe", "dream", "smallthinker", "llada", "llada-moe",
+    "seed_oss", "grovemoe", "apertus", "minimax-01", "hrm_text", "minimax-m2", "minimax-m3", "cogvlm", "rnd1",
+    "pangu-embedded", "mistral3", "eagle3", "dflash", "mistral4", "paddleocr", "mimo2", "step35", "spark2_5",
+    "llama-embed", "maincoder", "kimi-linear", "kimi-k3", "glm5-next", "talkie", "mellum", "nanbeige",
+    "qwen3tts", "pockettts",
+)
+
+# Architectures that are no decoder for text generation (autoctx plans llama-server's generation memory): the reason
+# is the one line a refusal gives. llama-model.cpp create_memory gives the encoders, embedders, diffusion models and
+# classifiers no memory at all.
+_ENCODER = "an encoder (embeddings/reranking, no KV cache)"
+_DIFFUSION = "a diffusion model (no KV cache; llama-diffusion-cli, not llama-server generation)"
+_TTS = "text-to-speech"
+OUT_OF_SCOPE: dict[str, str] = {
+    "clip": "a vision/audio tower (mmproj; llama-quantize's stand-in architecture)",
+    **{a: _ENCODER for a in ("bert", "modern-bert", "nomic-bert", "nomic-bert-moe", "neo-bert", "jina-bert-v2",
+                             "jina-bert-v3", "eurobert", "gemma-embedding", "t5encoder")},
+    "t5": "an encoder-decoder (the encoder's output is no KV cache autoctx models)",
+    **{a: _DIFFUSION for a in ("dream", "llada", "llada-moe", "rnd1")},
+    "clef": "a decision-head classifier on Qwen3.5 (no memory)",
+    "wavtokenizer-dec": f"{_TTS} (an audio codec decoder)",
+    "qwen3tts": _TTS,
+    "pockettts": _TTS,
+    "gptj": "not loadable by the pinned build (no loader for it in src/llama-model.cpp)",
+}
+
+
+def arch_status(arch: str) -> tuple[str, str]:
+    """("modelled" | "not modelled" | "out of scope" | "unknown", why) for an architecture name."""
+    if arch in ARCH_RULES:
+        return "modelled", ""
+    if arch in OUT_OF_SCOPE:
+        return "out of scope", OUT_OF_SCOPE[arch]
+    if arch in LLAMA_ARCHS:
+        return "not modelled", "not modelled yet"
+    return "unknown", "not an architecture of the pinned llama.cpp"
+
+
+def refusal(arch: str) -> str:
+    """The one line autoctx gives for an architecture it does not model."""
+    status, why = arch_status(arch)
+    name = clip(arch)
+    if status == "out of scope":
+        return f"architecture {name} is out of scope: {why}; autoctx plans decoder text generation"
+    if status == "not modelled":
+        return f"architecture {name} is not modelled yet"
+    return f"architecture {name} is unknown: {why}"
 
 _BLK = re.compile(r"^blk\.(\d+)\.")
 _OUTPUT_NAMES = ("output.", "output_norm.", "cls.", "cls_out.", "cls_norm.")
@@ -237,12 +308,12 @@ class _Keys:
         return (self.check_int(key, value, lo, hi),) * n
 
 
-def _classify(name: str, n_layer: int) -> int:
+def _classify(name: str, n_layer: int, arch: str = "") -> int:
     m = _BLK.match(name)
     if m:
         return int(m.group(1))
-    if name.startswith(_OUTPUT_NAMES):
-        return n_layer
+    if name.startswith(_OUTPUT_NAMES) or (arch in ("lfm2", "lfm2moe") and name.startswith("token_embd_norm.")):
+        return n_layer  # LFM2's output norm is named token_embd_norm (LLM_TENSOR_OUTPUT_NORM_LFM2, an output tensor)
     return -1
 
 
@@ -267,7 +338,7 @@ def spec_from_gguf(f: GGUFFile) -> ModelSpec:
         raise UnsupportedModel(f"{f.path}: no general.architecture key (not a model GGUF?)")
     rule = ARCH_RULES.get(arch)
     if rule is None:
-        raise UnsupportedModel(f"{f.path}: architecture {clip(arch)} is not supported by autoctx yet")
+        raise UnsupportedModel(f"{f.path}: {refusal(arch)}")
     keys = _Keys(f, arch)
 
     def k(suffix: str, default: Any = None) -> Any:
@@ -306,7 +377,11 @@ def spec_from_gguf(f: GGUFFile) -> ModelSpec:
     window = keys.num("attention.sliding_window", 0) if k("attention.sliding_window") is not None else None
     swa_type, n_swa = "none", 0
     is_swa = [False] * n_layer
-    if rule.swa in ("standard", "chunked") or (rule.swa == "if_window" and window):
+    if rule.swa == "attn_if_window" and window:
+        # lfm2: with a window, every attention layer (the non-conv ones) slides
+        swa_type, n_swa = "standard", window
+        is_swa = [n_head_kv[il] > 0 for il in range(n_layer)]
+    elif rule.swa in ("standard", "chunked") or (rule.swa == "if_window" and window):
         swa_type = "chunked" if rule.swa == "chunked" else "standard"
         n_swa = window if window else rule.n_swa
         if rule.swa == "chunked" and window == 0:
@@ -348,7 +423,12 @@ def spec_from_gguf(f: GGUFFile) -> ModelSpec:
     n_embd_r = n_embd_s = 0
     if any(is_recr):
         wkv = keys.num("wkv.head_size", 0)
-        if wkv:
+        if rule.shortconv:
+            # llama-hparams.cpp n_embd_r: n_embd x (l_cache - 1) for LFM2; no SSM state (n_embd_s 0)
+            if k("shortconv.l_cache") is None:
+                raise UnsupportedModel(f"{f.path}: missing {arch}.shortconv.l_cache")
+            n_embd_r = n_embd * (keys.num("shortconv.l_cache", 0, 1) - 1)
+        elif wkv:
             n_embd_r = keys.num("token_shift_count", 2) * n_embd
             n_embd_s = n_embd * wkv
         else:
@@ -403,7 +483,7 @@ def spec_from_gguf(f: GGUFFile) -> ModelSpec:
         else (max(n_ff) if n_expert else 0)
     n_dense_lead = keys.num("leading_dense_block_count", 0, 0, n_layer) if n_expert else n_layer
 
-    tensor_layer = tuple(_classify(t.name, n_layer) for t in f.tensors)
+    tensor_layer = tuple(_classify(t.name, n_layer, arch) for t in f.tensors)
     beyond = next((t.name for t, li in zip(f.tensors, tensor_layer) if li >= n_layer and _BLK.match(t.name)), None)
     if beyond is not None:
         raise UnsupportedModel(f"{f.path}: tensor {clip(beyond)} is past the last block ({arch}.block_count is "

@@ -745,6 +745,71 @@ def command_r7b() -> Shape:
                   n_vocab, kv, t, specials={"bos": 5, "eos": 255001, "pad": 0}, add_bos=True)
 
 
+def _lfm2(name: str, title: str, source: str, *, arch: str, n_layer: int, n_embd: int, n_ff: int, n_head: int,
+          n_head_kv: int, attn_layers: tuple[int, ...], n_vocab: int, l_cache: int = 3, n_expert: int = 0,
+          n_expert_used: int = 0, n_ff_exp: int = 0, n_dense_lead: int = 0) -> Shape:
+    """LFM2 / LFM2-MoE (src/models/lfm2.cpp, lfm2moe.cpp): short-convolution blocks (`shortconv.conv` [l_cache,
+    n_embd], in_proj to 3 x n_embd, out_proj) with a few GQA attention blocks (q/k norms) between them, marked by
+    their KV head count (0 on the conv blocks, written per layer); tied embeddings, the final norm is named
+    `token_embd_norm`. MoE: after `n_dense_lead` dense blocks, routed experts with a selection bias (exp_probs_b)."""
+    head_dim = n_embd // n_head
+    t = _Tensors(tied=True)
+    t.embeddings(n_embd, n_vocab)
+    for i in range(n_layer):
+        t.blk(i, "attn_norm", n_embd)
+        if i in attn_layers:
+            t.blk(i, "attn_q", n_embd, n_embd)
+            t.blk(i, "attn_k", n_embd, n_head_kv * head_dim)
+            t.blk(i, "attn_v", n_embd, n_head_kv * head_dim)
+            t.blk(i, "attn_output", n_embd, n_embd)
+            t.blk(i, "attn_q_norm", head_dim)
+            t.blk(i, "attn_k_norm", head_dim)
+        else:
+            t.blk(i, "shortconv.conv", l_cache, n_embd)
+            t.blk(i, "shortconv.in_proj", n_embd, 3 * n_embd)
+            t.blk(i, "shortconv.out_proj", n_embd, n_embd)
+        t.blk(i, "ffn_norm", n_embd)
+        if n_expert and i >= n_dense_lead:
+            t.experts(i, n_embd, n_ff_exp, n_expert)
+            t.blk(i, "exp_probs_b", n_expert, kind="bias")
+        else:
+            t.mlp(i, n_embd, n_ff)
+    t.add("token_embd_norm.weight", n_embd)
+    kv = {
+        "block_count": n_layer,
+        "context_length": 128000,
+        "embedding_length": n_embd,
+        "feed_forward_length": n_ff,
+        "attention.head_count": n_head,
+        "attention.head_count_kv": [n_head_kv if i in attn_layers else 0 for i in range(n_layer)],
+        "rope.freq_base": 1000000.0,
+        "vocab_size": n_vocab,
+        "shortconv.l_cache": l_cache,
+        "attention.layer_norm_rms_epsilon": 1e-5,
+        "expert_count": n_expert or None,
+        "expert_used_count": n_expert_used or None,
+        "leading_dense_block_count": n_dense_lead if n_expert else None,
+        "expert_feed_forward_length": n_ff_exp or None,
+        "expert_gating_func": 2 if n_expert else None,  # sigmoid (the converter's LFM2-MoE value)
+    }
+    return _shape(name, title, arch, source, n_vocab, kv, t, specials={"bos": 1, "eos": 7, "pad": 0}, add_bos=True)
+
+
+def lfm2_350m() -> Shape:
+    """LFM2-350M: 16 blocks, attention at 2, 5, 8, 10, 12, 14; block_ff_dim 6656 auto-adjusted by the converter
+    (2/3, rounded up to block_multiple_of 256) to 4608."""
+    return _lfm2("lfm2-350m", "LFM2-350M Q4_K_M", "LiquidAI/LFM2-350M", arch="lfm2", n_layer=16, n_embd=1024,
+                 n_ff=4608, n_head=16, n_head_kv=8, attn_layers=(2, 5, 8, 10, 12, 14), n_vocab=65536)
+
+
+def lfm2_8b_a1b() -> Shape:
+    """LFM2-8B-A1B: 24 blocks, attention at 2, 6, 10, 14, 18, 21; two dense blocks (intermediate 7168), then 32
+    experts of 1792 (4 used)."""
+    return _lfm2("lfm2-8b-a1b", "LFM2-8B-A1B Q4_K_M", "LiquidAI/LFM2-8B-A1B", arch="lfm2moe", n_layer=24,
+                 n_embd=2048, n_ff=7168, n_head=32, n_head_kv=8, attn_layers=(2, 6, 10, 14, 18, 21), n_vocab=65536,
+                 n_expert=32, n_expert_used=4, n_ff_exp=1792, n_dense_lead=2)
+
+
 SHAPES: dict[str, Callable[[], Shape]] = {
     "llama-3.1-8b": llama_3_1_8b,
     "llama-3.2-1b": llama_3_2_1b,
@@ -767,6 +832,8 @@ SHAPES: dict[str, Callable[[], Shape]] = {
     "deepseek-v2-lite": deepseek_v2_lite,
     "gpt-oss-20b": gpt_oss_20b,
     "command-r7b": command_r7b,
+    "lfm2-350m": lfm2_350m,
+    "lfm2-8b-a1b": lfm2_8b_a1b,
 }
 
 

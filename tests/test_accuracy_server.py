@@ -63,3 +63,18 @@ def test_gemma_3_270m(llama_server, gemma_path, args):
 @pytest.mark.parametrize("name,args", SHAPE_CASES, ids=[f"{n} {' '.join(a)}" for n, a in SHAPE_CASES])
 def test_shape_only(llama_server, shape_file, name, args):
     check_against_server(llama_server, shape_file(name), [*SHAPE_ARGS, *args])
+
+
+# Architectures modelled for issue 13, each on the shape of its smallest published model (autoctx.shapes cites the
+# config): KV, recurrent-state (RS) and output buffers exact, compute within 10 %.
+NEW_ARCH_CASES: list[tuple[str, list[str]]] = [
+    ("lfm2-350m", ["-c", "8192", "-np", "1"]),  # lfm2: 10 short-conv blocks (RS) + 6 attention blocks (KV)
+    ("lfm2-350m", ["-c", "16384", "-np", "3", "-ctk", "q8_0", "-ctv", "q8_0"]),  # RS rows per slot
+    ("lfm2-8b-a1b", ["-c", "8192", "-np", "2", "-no-kvu"]),  # lfm2moe: 2 dense blocks, then 32 experts
+]
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name,args", NEW_ARCH_CASES, ids=[f"{n} {' '.join(a)}" for n, a in NEW_ARCH_CASES])
+def test_new_architectures(llama_server, shape_file, name, args):
+    check_against_server(llama_server, shape_file(name), [*SHAPE_ARGS, *args])

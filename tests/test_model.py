@@ -22,6 +22,8 @@ EXPECTED = {
     "command-r7b": ("cohere2", 32, 132096, 256000, 8, 128, 128, "standard", 4096, 24, 32, False, True, 0, 0, 0),
     "deepseek-v2-lite": ("deepseek2", 27, 163840, 102400, 1, 576, 512, "none", 0, 0, 27, True, False, 64, 6, 1408),
     "phi-3-mini": ("phi3", 32, 4096, 32064, 32, 96, 96, "none", 0, 0, 32, False, False, 0, 0, 0),
+    "lfm2-350m": ("lfm2", 16, 128000, 65536, 0, 64, 64, "none", 0, 0, 6, False, True, 0, 0, 0),
+    "lfm2-8b-a1b": ("lfm2moe", 24, 128000, 65536, 0, 64, 64, "none", 0, 0, 6, False, True, 32, 4, 1792),
 }
 
 
@@ -95,8 +97,26 @@ def test_hybrid_recurrent_layers_have_no_kv(tmp_path):
 
 
 def test_unknown_architecture_is_named(tmp_path):
-    with pytest.raises(UnsupportedModel, match="architecture 'frobnet' is not supported"):
+    with pytest.raises(UnsupportedModel, match="architecture 'frobnet' is unknown: not an architecture of the pinned"):
         load_spec(_write(tmp_path, "frobnet", {}))
+
+
+def test_lfm2_conv_state_and_attention_layers(shape_file):
+    s = load_spec(shape_file("lfm2-350m"))
+    attn = (2, 5, 8, 10, 12, 14)
+    assert s.has_kv == tuple(il in attn for il in range(16))
+    assert s.is_recurrent == tuple(il not in attn for il in range(16))
+    assert (s.n_embd_r, s.n_embd_s) == (1024 * (3 - 1), 0)  # n_embd x (shortconv.l_cache - 1), no SSM state
+    assert s.tensor_layer[[t.name for t in s.tensors].index("token_embd_norm.weight")] == 16  # the output norm
+    m = load_spec(shape_file("lfm2-8b-a1b"))
+    assert (m.n_layer_dense_lead, m.n_embd_r, sum(m.has_kv)) == (2, 2048 * 2, 6)
+
+
+def test_lfm2_window_makes_every_attention_layer_slide(tmp_path):
+    heads = [0, 0, 4, 0]
+    s = load_spec(_write(tmp_path, "lfm2", {"lfm2.attention.head_count_kv": heads, "lfm2.shortconv.l_cache": 3,
+                                           "lfm2.attention.sliding_window": 512}))
+    assert (s.swa_type, s.n_swa, s.is_swa) == ("standard", 512, (False, False, True, False))
 
 
 # ---------------------------------------------------------------------------------------------------------------

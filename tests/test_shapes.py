@@ -41,6 +41,8 @@ EXPECTED = {
     "gemma-3-27b": (808, 16539843584),
     "qwen2.5-0.5b": (290, 391859712),  # tied embedding, n_embd 896: Q8_0 fallbacks
     "llama-3.2-1b": (147, 799862912),  # tied embedding
+    "lfm2-350m": (148, 226925568),  # lfm2: 10 short-conv + 6 attention blocks, tied
+    "lfm2-8b-a1b": (256, 5042386688),  # lfm2moe
 }
 
 MiB = 1024 * 1024
