@@ -105,6 +105,12 @@ class Shape:
 Q5_0 = int(GGMLType.Q5_0)
 Q5_1 = int(GGMLType.Q5_1)
 FTYPE_MOSTLY_MXFP4_MOE = 38  # llama_ftype LLAMA_FTYPE_MOSTLY_MXFP4_MOE
+FTYPE_MOSTLY_Q4_0 = 2  # llama_ftype LLAMA_FTYPE_MOSTLY_Q4_0 (the default tag of Ollama's older models)
+# Not a llama-quantize type: Ollama's own gpt-oss blobs keep the experts MXFP4 and every other weight BF16 (their
+# published sizes, 14 GB and 65 GB, fit that mix; MXFP4_MOE's Q8_0 would give 12.1 GB and 61 GB)
+FTYPE_OLLAMA_MXFP4_BF16 = -38
+Q4_0 = int(GGMLType.Q4_0)
+BF16 = int(GGMLType.BF16)
 # tensor_allows_quantization: names kept in their source type (F32 here, as the converter writes them)
 _KEEP_NAMES = ("_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
                "per_layer_model_proj", "ssm_conv1d", "shortconv.conv.weight", "indexer.k_proj.weight",
@@ -173,13 +179,19 @@ def quant_types(names_shapes: list[tuple[str, tuple[int, ...]]], *, arch: str, n
                 or _role(name) in _F32_ROLES):
             out.append(F32)
             continue
-        new = Q4_K
-        if cat == "output" or (tied and cat == "token_embd"):
+        new = Q4_0 if ftype == FTYPE_MOSTLY_Q4_0 else Q4_K
+        if ftype == FTYPE_OLLAMA_MXFP4_BF16:
+            new = MXFP4 if len(shape) > 2 and shape[2] > 1 else BF16
+        elif cat == "output" or (tied and cat == "token_embd"):
             new = Q8_0 if (ftype == FTYPE_MOSTLY_MXFP4_MOE or arch == "falcon" or shape[0] % 256) else Q6_K
         elif ftype == FTYPE_MOSTLY_MXFP4_MOE:
             new = MXFP4 if len(shape) > 2 and shape[2] > 1 else Q8_0
         elif cat == "token_embd":
             pass
+        elif ftype == FTYPE_MOSTLY_Q4_0:
+            # Q4_0 changes nothing but the 8-expert attn_v/attn_k (Q8_0) and the output (above)
+            if n_expert == 8 and cat in ("attn_v", "attn_k"):
+                new = Q8_0
         elif cat in ("attn_qkv", "attn_v", "attn_kv_b"):
             if _use_more_bits(i_wv, n_wv):
                 new = Q6_K
@@ -312,7 +324,7 @@ def _shape(name: str, title: str, arch: str, source: str, n_vocab: int, arch_kv:
                          is_70b=arch == "llama" and n_layer == 80 and n_head != n_head_kv)
     tensors = tuple(x if x.ggml_type >= 0 else TensorShape(x.name, x.shape, ty) for x, ty in zip(t.items, policy))
     md = _metadata(arch, title, source, arch_kv, specials=specials, add_bos=add_bos)
-    md["general.file_type"] = ftype
+    md["general.file_type"] = FTYPE_MOSTLY_MXFP4_MOE if ftype == FTYPE_OLLAMA_MXFP4_BF16 else ftype
     return Shape(name=name, title=title, arch=arch, source=source, metadata=md, n_vocab=n_vocab, tensors=tensors)
 
 
@@ -323,7 +335,8 @@ def _shape(name: str, title: str, arch: str, source: str, n_vocab: int, arch_kv:
 
 def _llama(name: str, title: str, source: str, *, n_layer: int, n_ctx: int, n_embd: int, n_ff: int, n_head: int,
            n_head_kv: int, n_vocab: int, rope_base: float, rms_eps: float, llama3_rope: bool = False,
-           n_expert: int = 0, n_expert_used: int = 0, tied: bool = False, specials: dict[str, int]) -> Shape:
+           n_expert: int = 0, n_expert_used: int = 0, tied: bool = False, specials: dict[str, int],
+           ftype: int = FTYPE_MOSTLY_Q4_K_M) -> Shape:
     """LLM_ARCH_LLAMA: Llama 2/3, Mistral, and Mixtral (experts in merged ffn_*_exps tensors). `tied`: no
     output.weight, the embedding doubles as the output (Llama 3.2 1B/3B)."""
     head_dim = n_embd // n_head
@@ -355,7 +368,7 @@ def _llama(name: str, title: str, source: str, *, n_layer: int, n_ctx: int, n_em
         "expert_count": n_expert or None,
         "expert_used_count": n_expert_used or None,
     }
-    return _shape(name, title, "llama", source, n_vocab, kv, t, specials=specials)
+    return _shape(name, title, "llama", source, n_vocab, kv, t, specials=specials, ftype=ftype)
 
 
 def _qwen(name: str, title: str, source: str, *, arch: str, n_layer: int, n_ctx: int, n_embd: int, n_ff: int,
@@ -542,6 +555,44 @@ def deepseek_r1_14b() -> Shape:
                  n_vocab=152064, rope_base=1000000.0, rms_eps=1e-5, specials=_QWEN_SPECIALS)
 
 
+def deepseek_r1_1_5b() -> Shape:
+    """DeepSeek-R1-Distill-Qwen-1.5B: Qwen2.5-Math-1.5B (untied output, rope base 10k, 128k context)."""
+    return _qwen("deepseek-r1-1.5b", "DeepSeek-R1-Distill-Qwen-1.5B Q4_K_M",
+                 "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+                 arch="qwen2", n_layer=28, n_ctx=131072, n_embd=1536, n_ff=8960, n_head=12, n_head_kv=2,
+                 n_vocab=151936, rope_base=10000.0, rms_eps=1e-6, specials=_QWEN_SPECIALS)
+
+
+def deepseek_r1_7b() -> Shape:
+    """DeepSeek-R1-Distill-Qwen-7B: Qwen2.5-Math-7B (rope base 10k, 128k context)."""
+    return _qwen("deepseek-r1-7b", "DeepSeek-R1-Distill-Qwen-7B Q4_K_M", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+                 arch="qwen2", n_layer=28, n_ctx=131072, n_embd=3584, n_ff=18944, n_head=28, n_head_kv=4,
+                 n_vocab=152064, rope_base=10000.0, rms_eps=1e-6, specials=_QWEN_SPECIALS)
+
+
+def deepseek_r1_32b() -> Shape:
+    """DeepSeek-R1-Distill-Qwen-32B: the Qwen2.5-32B architecture with a 128k context."""
+    return _qwen("deepseek-r1-32b", "DeepSeek-R1-Distill-Qwen-32B Q4_K_M", "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B",
+                 arch="qwen2", n_layer=64, n_ctx=131072, n_embd=5120, n_ff=27648, n_head=40, n_head_kv=8,
+                 n_vocab=152064, rope_base=1000000.0, rms_eps=1e-5, specials=_QWEN_SPECIALS)
+
+
+def deepseek_r1_70b() -> Shape:
+    """DeepSeek-R1-Distill-Llama-70B: the Llama-3.3-70B architecture."""
+    return _llama("deepseek-r1-70b", "DeepSeek-R1-Distill-Llama-70B Q4_K_M",
+                  "deepseek-ai/DeepSeek-R1-Distill-Llama-70B",
+                  n_layer=80, n_ctx=131072, n_embd=8192, n_ff=28672, n_head=64, n_head_kv=8, n_vocab=128256,
+                  rope_base=500000.0, rms_eps=1e-5, llama3_rope=True, specials={"bos": 128000, "eos": 128001})
+
+
+def mixtral_8x7b_q4_0() -> Shape:
+    """Mixtral-8x7B-Instruct-v0.1 as Ollama's default mixtral:8x7b tag, Q4_0 (8 experts: attn_v/attn_k Q8_0)."""
+    return _llama("mixtral-8x7b-q4_0", "Mixtral-8x7B-Instruct-v0.1 Q4_0", "mistralai/Mixtral-8x7B-Instruct-v0.1",
+                  n_layer=32, n_ctx=32768, n_embd=4096, n_ff=14336, n_head=32, n_head_kv=8, n_vocab=32000,
+                  rope_base=1000000.0, rms_eps=1e-5, n_expert=8, n_expert_used=2, specials=_MISTRAL_SPECIALS,
+                  ftype=FTYPE_MOSTLY_Q4_0)
+
+
 def qwen3_8b() -> Shape:
     return _qwen("qwen3-8b", "Qwen3-8B Q4_K_M", "Qwen/Qwen3-8B", arch="qwen3",
                  n_layer=36, n_ctx=40960, n_embd=4096, n_ff=12288, n_head=32, n_head_kv=8, head_dim=128,
@@ -672,12 +723,12 @@ def deepseek_v2_lite() -> Shape:
                   specials={"bos": 100000, "eos": 100001, "pad": 100001})
 
 
-def gpt_oss_20b() -> Shape:
-    """gpt-oss-20b (llama.cpp arch "gpt-oss"): alternating 128-token sliding-window / full attention (llama.cpp's
-    default pattern 2, sliding first), one learned attention sink per head, biases everywhere, 32 experts (4 used)
-    stored MXFP4. n_embd 2880 is not a multiple of 256, so the other weights fall back to Q8_0."""
-    n_layer, n_embd, n_head, n_head_kv, head_dim, n_vocab = 24, 2880, 64, 8, 64, 201088
-    n_expert, n_expert_used, n_ff_exp = 32, 4, 2880
+def _gpt_oss(name: str, title: str, source: str, *, n_layer: int, n_expert: int, ftype: int) -> Shape:
+    """gpt-oss (llama.cpp arch "gpt-oss"): alternating 128-token sliding-window / full attention (llama.cpp's
+    default pattern 2, sliding first), one learned attention sink per head, biases everywhere, experts (4 used)
+    stored MXFP4. n_embd 2880 is not a multiple of 256: with MXFP4_MOE the other weights are Q8_0."""
+    n_embd, n_head, n_head_kv, head_dim, n_vocab = 2880, 64, 8, 64, 201088
+    n_expert_used, n_ff_exp = 4, 2880
     t = _Tensors(tied=False)
     t.embeddings(n_embd, n_vocab)
     for i in range(n_layer):
@@ -685,7 +736,8 @@ def gpt_oss_20b() -> Shape:
         t.attention(i, n_embd, n_head, n_head_kv, head_dim, qkv_bias=True, out_bias=True)
         t.blk(i, "attn_sinks", n_head)
         t.blk(i, "post_attention_norm", n_embd)
-        t.experts(i, n_embd, n_ff_exp, n_expert, bias=True, ggml_type=MXFP4)
+        t.experts(i, n_embd, n_ff_exp, n_expert, bias=True, ggml_type=MXFP4 if ftype != FTYPE_OLLAMA_MXFP4_BF16
+                  else None)
     t.head(n_embd, n_vocab)
     kv = {
         "block_count": n_layer,
@@ -708,8 +760,26 @@ def gpt_oss_20b() -> Shape:
         "attention.sliding_window": 128,
         "expert_feed_forward_length": n_ff_exp,
     }
-    return _shape("gpt-oss-20b", "gpt-oss-20b MXFP4/Q8_0", "gpt-oss", "openai/gpt-oss-20b", n_vocab, kv, t,
-                  specials={"bos": 199998, "eos": 200002, "pad": 199999}, add_bos=False, ftype=FTYPE_MOSTLY_MXFP4_MOE)
+    return _shape(name, title, "gpt-oss", source, n_vocab, kv, t,
+                  specials={"bos": 199998, "eos": 200002, "pad": 199999}, add_bos=False, ftype=ftype)
+
+
+def gpt_oss_20b() -> Shape:
+    """gpt-oss-20b as its published MXFP4_MOE GGUF: 24 layers, 32 experts."""
+    return _gpt_oss("gpt-oss-20b", "gpt-oss-20b MXFP4/Q8_0", "openai/gpt-oss-20b", n_layer=24, n_expert=32,
+                    ftype=FTYPE_MOSTLY_MXFP4_MOE)
+
+
+def gpt_oss_20b_ollama() -> Shape:
+    """gpt-oss-20b as Ollama's gpt-oss:20b blob: MXFP4 experts, every other weight BF16."""
+    return _gpt_oss("gpt-oss-20b-ollama", "gpt-oss-20b MXFP4/BF16 (Ollama)", "openai/gpt-oss-20b", n_layer=24,
+                    n_expert=32, ftype=FTYPE_OLLAMA_MXFP4_BF16)
+
+
+def gpt_oss_120b_ollama() -> Shape:
+    """gpt-oss-120b as Ollama's gpt-oss:120b blob: 36 layers, 128 experts (4 used), MXFP4 experts, the rest BF16."""
+    return _gpt_oss("gpt-oss-120b-ollama", "gpt-oss-120b MXFP4/BF16 (Ollama)", "openai/gpt-oss-120b", n_layer=36,
+                    n_expert=128, ftype=FTYPE_OLLAMA_MXFP4_BF16)
 
 
 def command_r7b() -> Shape:
@@ -834,6 +904,13 @@ SHAPES: dict[str, Callable[[], Shape]] = {
     "command-r7b": command_r7b,
     "lfm2-350m": lfm2_350m,
     "lfm2-8b-a1b": lfm2_8b_a1b,
+    "deepseek-r1-1.5b": deepseek_r1_1_5b,
+    "deepseek-r1-7b": deepseek_r1_7b,
+    "deepseek-r1-32b": deepseek_r1_32b,
+    "deepseek-r1-70b": deepseek_r1_70b,
+    "mixtral-8x7b-q4_0": mixtral_8x7b_q4_0,
+    "gpt-oss-20b-ollama": gpt_oss_20b_ollama,
+    "gpt-oss-120b-ollama": gpt_oss_120b_ollama,
 }
 
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""The README's architecture-coverage table: every architecture name of the pinned llama.cpp and what autoctx does
-with it (modelled, refused as not modelled yet, or out of scope), generated from autoctx's rules.
+"""The README's architecture-coverage table (every architecture name of the pinned llama.cpp and what autoctx does
+with it: modelled, refused as not modelled yet, or out of scope, from autoctx's rules) and its shipped-tag table
+(the Ollama tags autoctx plans before a pull, weights vs the size the library lists).
 
     scripts/gen_arch_table.py            print the table (Markdown)
-    scripts/gen_arch_table.py --write    replace the README section between the arch-table markers
-    scripts/gen_arch_table.py --check    exit 1 when the README section or autoctx.model.LLAMA_ARCHS is stale
+    scripts/gen_arch_table.py --write    replace the README sections between the arch-table and shipped-tags markers
+    scripts/gen_arch_table.py --check    exit 1 when a README section or autoctx.model.LLAMA_ARCHS is stale
 
 The names come from src/llama-arch.cpp of the cached sdist (scripts/llama-server-path extracts it) when it is there,
 else from the committed list autoctx.model.LLAMA_ARCHS; --check compares the two.
@@ -24,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from _cache import PINS, cache_root  # noqa: E402
 
 BEGIN, END = "<!-- arch-table:begin -->", "<!-- arch-table:end -->"
+TAGS_BEGIN, TAGS_END = "<!-- shipped-tags:begin -->", "<!-- shipped-tags:end -->"
 README = ROOT / "README.md"
 
 
@@ -102,6 +104,28 @@ def table(names: list[str]) -> str:
             "reason.\n\n" + "\n".join(rows) + "\n")
 
 
+def tags_table() -> str:
+    """The shipped profiles: tag, shape, quantization, predicted weights vs the size Ollama's library lists."""
+    from autoctx.resolve import shipped_profiles
+    from autoctx.shapes import get_shape
+
+    rows = ["| tag | architecture | shape | quantization | weights (autoctx) | published | projector |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for tag, p in sorted(shipped_profiles().items()):
+        shape = get_shape(p["shape"])
+        size = p.get("published_size")
+        published = f"[{size}]({p['size_source']})" if size else "-"
+        rows.append(f"| `{tag}` | {shape.arch} | `{p['shape']}` | {p.get('quantization', 'Q4_K_M')} | "
+                    f"{shape.weight_bytes / 1e9:.2f} GB | {published} | {p.get('projector', '-')} |")
+    return "\n".join(rows) + "\n"
+
+
+def _replace(readme: str, begin: str, end: str, text: str) -> str:
+    head, rest = readme.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{text}{end}{tail}"
+
+
 def main(argv: list[str]) -> int:
     from autoctx.model import LLAMA_ARCHS
 
@@ -110,12 +134,11 @@ def main(argv: list[str]) -> int:
     text = table(names)
     if "--write" in argv or "--check" in argv:
         readme = README.read_text()
-        if BEGIN not in readme or END not in readme:
-            print(f"README.md has no {BEGIN} ... {END} section", file=sys.stderr)
-            return 1
-        head, rest = readme.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        new = f"{head}{BEGIN}\n{text}{END}{tail}"
+        for b, e in ((BEGIN, END), (TAGS_BEGIN, TAGS_END)):
+            if b not in readme or e not in readme:
+                print(f"README.md has no {b} ... {e} section", file=sys.stderr)
+                return 1
+        new = _replace(_replace(readme, BEGIN, END, text), TAGS_BEGIN, TAGS_END, tags_table())
         if "--check" in argv:
             stale = []
             if pinned is not None and pinned != list(LLAMA_ARCHS):
@@ -127,7 +150,7 @@ def main(argv: list[str]) -> int:
             return 1 if stale else 0
         README.write_text(new)
         return 0
-    sys.stdout.write(text)
+    sys.stdout.write(text + "\n" + tags_table())
     return 0
 
 

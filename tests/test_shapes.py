@@ -43,6 +43,13 @@ EXPECTED = {
     "llama-3.2-1b": (147, 799862912),  # tied embedding
     "lfm2-350m": (148, 226925568),  # lfm2: 10 short-conv + 6 attention blocks, tied
     "lfm2-8b-a1b": (256, 5042386688),  # lfm2moe
+    "deepseek-r1-1.5b": (339, 1111370240),
+    "deepseek-r1-7b": (339, 4677120000),
+    "deepseek-r1-32b": (771, 19845357568),
+    "deepseek-r1-70b": (724, 42512531712),
+    "mixtral-8x7b-q4_0": (323, 26442850304),
+    "gpt-oss-20b-ollama": (459, 13779630336),
+    "gpt-oss-120b-ollama": (687, 65355994368),
 }
 
 MiB = 1024 * 1024

@@ -1,0 +1,62 @@
+"""Shipped profiles (plan an Ollama tag before it is pulled, issue 13 item 3): each names a catalog shape whose
+weights match the size Ollama's library publishes for the tag, and `autoctx plan TAG` works with nothing pulled."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoctx.resolve import shipped_profile, shipped_profiles
+from autoctx.shapes import get_shape
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILES = shipped_profiles()
+SIZED = sorted(tag for tag, p in PROFILES.items() if "published_size" in p)
+
+
+def published_bytes(size: str) -> tuple[float, float]:
+    """'4.7GB' -> (4.7e9, half a unit of its last digit): Ollama's library lists decimal GB/MB, rounded."""
+    m = re.fullmatch(r"(\d+)(?:\.(\d+))?(GB|MB)", size)
+    assert m, size
+    unit = 1e9 if m[3] == "GB" else 1e6
+    decimals = len(m[2] or "")
+    return float(f"{m[1]}.{m[2] or 0}") * unit, 0.5 * unit / 10**decimals
+
+
+def test_sized_profiles_cite_their_sources():
+    assert len(SIZED) >= 8
+    for tag in SIZED:
+        p = PROFILES[tag]
+        assert p["size_source"].startswith("https://") and p["library_page"].startswith("https://ollama.com/library/")
+        assert p["architecture_source"].startswith("https://huggingface.co/")
+        assert p["projector"]  # "none" or the tag's projector
+
+
+@pytest.mark.parametrize("tag", SIZED)
+def test_weights_match_the_published_size(tag):
+    """Within 1 % of the listed figure, or rounding to it (the library rounds to two or three digits)."""
+    size, half_unit = published_bytes(PROFILES[tag]["published_size"])
+    weights = get_shape(PROFILES[tag]["shape"]).weight_bytes
+    assert abs(weights - size) <= max(0.01 * size, half_unit), (tag, weights, size)
+    spec = shipped_profile(tag)
+    assert spec.weight_bytes == weights and spec.name == tag
+
+
+def test_published_sizes_are_read_as_listed():
+    assert published_bytes("4.7GB") == (4.7e9, 0.05e9)
+    assert published_bytes("43GB") == (43e9, 0.5e9)
+    assert published_bytes("815MB") == (815e6, 0.5e6)
+
+
+def test_plan_an_unpulled_tag(tmp_path):
+    env = dict(os.environ, OLLAMA_MODELS=str(tmp_path), OLLAMA_HOST="127.0.0.1:9")  # nothing pulled, no server
+    r = subprocess.run([sys.executable, "-m", "autoctx.cli", "plan", "gpt-oss:120b", "--free", "cuda0=80GiB",
+                        "--runtime", "ollama"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "gpt-oss:120b: gpt-oss, 36 layers, n_ctx_train 131072"
+    assert "FROM gpt-oss:120b\nPARAMETER num_ctx" in r.stdout
