@@ -21,7 +21,9 @@ No I/O here: callers pass the ModelSpec and resolved parameters.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 from .errors import ArgsError
@@ -47,6 +49,11 @@ REPACK_X86_AVX512 = {**REPACK_X86_AVX2, "q2_k": 8}
 REPACK_ARM_I8MM = {"q4_0": 4, "q4_k": 8, "q5_k": 8, "q6_k": 8, "iq4_nl": 4, "mxfp4": 4, "q8_0": 4}
 # weights read with GGML_OP_GET_ROWS, never by a matmul, so never repacked
 _GET_ROWS_ONLY = ("token_embd.", "token_types.", "position_embd.", "per_layer_token_embd.")
+# common/common.h: the patterns --cpu-moe / --n-cpu-moe N (LLM_FFN_EXPS_REGEX) and --n-cpu-ffn N (LLM_FFN_DENSE_REGEX)
+# put on the CPU; --n-cpu-* prefix them with blk\.<i> for each block i < N (llm_ffn_block_regex)
+FFN_EXPS_REGEX = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+FFN_DENSE_REGEX = r"\.ffn_(up|down|gate)\."
+OVERRIDE_FLAGS = ("-ot", "--cpu-moe", "--n-cpu-moe", "--n-cpu-ffn")  # how Params.tensor_overrides spells them
 
 
 @dataclass(frozen=True)
@@ -205,6 +212,9 @@ class Params:
     devices: tuple[Device, ...] = ()
     # which weight types the host CPU backend repacks (autoctx.probe.cpu.host_repack_rules); none by default
     cpu_repack: dict[str, int] = field(default_factory=dict)
+    # tensor buffer-type overrides in command-line order, as (flag, value): ("-ot", "PATTERN=BUFT[,...]"),
+    # ("--cpu-moe", ""), ("--n-cpu-moe", "N"), ("--n-cpu-ffn", "N"); buft_overrides() expands them
+    tensor_overrides: tuple[tuple[str, str], ...] = ()
 
     def resolved(self) -> "Params":
         """Apply llama-server's defaults and adjustments, in its order.
@@ -395,6 +405,85 @@ def host_weight_device(p: Params) -> Device | None:
     return next((d for d in p.devices if d.has_host_buffer), None)
 
 
+def buft_overrides(p: Params) -> list[tuple[str, str]]:
+    """The (regex, buffer type) list llama-server builds from p.tensor_overrides, in its order (common/arg.cpp):
+    -ot's comma-separated PATTERN=BUFT items (split at the first '='; a pattern cannot hold a comma), --cpu-moe's
+    expert pattern, --n-cpu-moe N / --n-cpu-ffn N one pattern per block 0..N-1 (common.h llm_add_n_cpu_ffn_overrides),
+    all to the CPU. A buffer type is "CPU" or a device's buffer name (CUDA0, Vulkan1, RPC0[host:port]): what
+    parse_tensor_buffer_overrides accepts, every device's default buffer type. Bad ones are one-line ArgsErrors."""
+    out: list[tuple[str, str]] = []
+    for flag, value in p.tensor_overrides:
+        if flag == "-ot":
+            known = [CPU] + [d.buffer_name for d in p.devices]
+            for pattern, buft in ot_items(value):
+                if buft not in known:
+                    raise ArgsError(f"-ot {value}: unknown buffer type {buft!r} (available: {', '.join(known)}"
+                                    + ("; GPUs and RPC devices are named with --devices or --rpc)" if not p.devices
+                                       else ")"))
+                out.append((pattern, buft))
+        elif flag == "--cpu-moe":
+            out.append((FFN_EXPS_REGEX, CPU))
+        elif flag in ("--n-cpu-moe", "--n-cpu-ffn"):
+            rx = FFN_EXPS_REGEX if flag == "--n-cpu-moe" else FFN_DENSE_REGEX
+            out += [(rf"blk\.{i}{rx}", CPU) for i in range(int(value))]
+        else:
+            raise ArgsError(f"unknown tensor override flag {flag!r} (known: {', '.join(OVERRIDE_FLAGS)})")
+    return out
+
+
+def ot_items(value: str) -> list[tuple[str, str]]:
+    """-ot's value as (pattern, buffer type) items, each pattern compiled (a bad one is a one-line ArgsError)."""
+    out = []
+    for item in value.split(","):
+        pattern, eq, buft = item.partition("=")
+        if not eq:
+            raise ArgsError(f"-ot {value}: {item!r} is not PATTERN=BUFFER_TYPE")
+        _compiled(pattern)
+        out.append((pattern, buft))
+    return out
+
+
+@lru_cache(maxsize=1024)
+def _compiled(pattern: str) -> re.Pattern:
+    """The pattern as a regex (llama.cpp: std::regex, ECMAScript; Python's syntax agrees on what -ot patterns use)."""
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ArgsError(f"-ot: bad regular expression {pattern!r}: {e}") from None
+
+
+@lru_cache(maxsize=4096)
+def _matching(pattern: str, names: tuple[str, ...]) -> tuple[int, ...]:
+    """Indices of the names the pattern finds (std::regex_search: anywhere in the name)."""
+    rx = _compiled(pattern)
+    return tuple(i for i, n in enumerate(names) if rx.search(n))
+
+
+def tensor_devices(spec: ModelSpec, p: Params, layer_dev: list[str], output_dev: str) -> list[str]:
+    """Where each of spec.tensors lives: CPU or a device name ("" for a tensor that is not loaded: NextN/MTP).
+
+    src/llama-model-loader.cpp create_tensor/buft_for_tensor: the first override (buft_overrides, in order) whose
+    pattern finds the tensor's name wins; an override to the CPU goes through the CPU's buffer-type list, like a CPU
+    layer's tensor (host buffer, CPU_REPACK, mapped: model_buffers), one to a device takes its buffer type as is;
+    without a match the tensor follows its layer (input: CPU; blocks: layer_dev; output: output_dev)."""
+    overrides = buft_overrides(p)
+    assigned: dict[int, str] = {}
+    if overrides:
+        device_of = {CPU: CPU, **{d.buffer_name: d.name for d in p.devices}}
+        names = tuple(t.name for t in spec.tensors)
+        for pattern, buft in overrides:
+            for i in _matching(pattern, names):
+                assigned.setdefault(i, device_of[buft])
+    out: list[str] = []
+    first_nextn = spec.n_layer - spec.n_layer_nextn
+    for i, li in enumerate(spec.tensor_layer):
+        if spec.n_layer_nextn and first_nextn <= li < spec.n_layer:
+            out.append("")  # NextN/MTP tensors are skipped unless an MTP context is requested
+        else:
+            out.append(assigned.get(i, CPU if li < 0 else (output_dev if li >= spec.n_layer else layer_dev[li])))
+    return out
+
+
 def _repackable(name: str, type_name: str, shape: tuple[int, ...], rules: dict[str, int]) -> bool:
     if name.startswith(_GET_ROWS_ONLY) or len(shape) not in (2, 3) or type_name not in rules:
         return False
@@ -433,10 +522,10 @@ def model_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], output_dev: 
         else:
             add_sized(d.buffer_name, d.name, _alloc_size(d, t.type_name, t.nbytes, t.shape[0]))
 
-    for t, li in zip(spec.tensors, spec.tensor_layer):
-        if spec.n_layer_nextn and spec.n_layer - spec.n_layer_nextn <= li < spec.n_layer:
-            continue  # NextN/MTP tensors are skipped unless an MTP context is requested
-        dev = CPU if li < 0 else (output_dev if li >= spec.n_layer else layer_dev[li])
+    placed = tensor_devices(spec, p, layer_dev, output_dev)  # the layer's device, or an override's
+    for t, dev in zip(spec.tensors, placed):
+        if not dev:
+            continue  # not loaded (NextN/MTP)
         if dev != CPU:
             place_offloaded(devs[dev], t)
         elif host_dev is None and p.repack and _repackable(t.name, t.type_name, t.shape, p.cpu_repack):
@@ -448,10 +537,12 @@ def model_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], output_dev: 
         else:
             add_sized(CPU, CPU, pad(t.nbytes, CPU_ALIGNMENT))
     # A tied output (no output.weight) is token_embd duplicated onto the output layer's device; on the CPU the
-    # duplicate shares the input copy (measured: no extra bytes with or without mmap).
+    # duplicate shares the input copy (measured: no extra bytes with or without mmap). An override that finds
+    # "token_embd.weight" sends both copies to one buffer type, where the duplicate shares the input copy
+    # (create_tensor: TENSOR_DUPLICATED finds the tensor already in that context).
     if spec.tied_output and output_dev != CPU:
         emb = next((t for t in spec.tensors if t.name == "token_embd.weight"), None)
-        if emb is not None:
+        if emb is not None and not any(_compiled(rx).search(emb.name) for rx, _ in buft_overrides(p)):
             place_offloaded(devs[output_dev], emb)
     if host_dev is not None and host_dev.backend.host_extra:
         name = host_dev.backend.host_buffer or CPU
@@ -875,7 +966,8 @@ def _placed_weights(spec: ModelSpec, p: Params, layer_dev: list[str], out_dev: s
     The planner estimates the same placement at many context sizes and KV types; with `memo` (a dict the caller
     keeps for one ModelSpec) each placement walks the tensors once, so a plan's work does not grow with tensors ×
     estimates. The key holds every input of the two walks besides the spec."""
-    key = (tuple(layer_dev), out_dev, p.devices, p.repack, p.no_host, p.mmap, tuple(sorted(p.cpu_repack.items())))
+    key = (tuple(layer_dev), out_dev, p.devices, p.repack, p.no_host, p.mmap, tuple(sorted(p.cpu_repack.items())),
+           p.tensor_overrides)
     if memo is not None and key in memo:
         return memo[key]
     found = model_buffers(spec, p, layer_dev, out_dev)

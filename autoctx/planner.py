@@ -18,10 +18,12 @@ Choices, in order:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 from .errors import AutoctxError
-from .memory import CPU, Device, Estimate, Params, estimate
+from .memory import CPU, FFN_EXPS_REGEX, Device, Estimate, Params, estimate, layer_devices, resolve_ngl, \
+    tensor_devices
 from .model import ModelSpec
 
 GiB = 1024**3
@@ -72,6 +74,9 @@ class PlanOptions:
     cpu_repack: dict[str, int] = field(default_factory=dict)
     fixed_ctx: bool = False  # the user set the context: do not search it
     fixed_ngl: int | None = None  # the user set -ngl: do not change the layers
+    # the user's -ot/--cpu-moe/--n-cpu-moe/--n-cpu-ffn (memory.Params.tensor_overrides): kept on every candidate,
+    # and the planner then leaves the experts where they say
+    tensor_overrides: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -91,6 +96,7 @@ class Plan:
     max_ctx_by_kv: dict[str, int]  # "f16/f16" -> largest context that fits (0: not even 256)
     params: Params
     profile_key: object = None  # set by callers that read/write a profile for this plan
+    n_cpu_moe: int = 0  # the planner's --n-cpu-moe: the experts of the first N blocks stay on the CPU
 
     def llama_server_args(self, model_path: str | None = None) -> list[str]:
         """Every memory-relevant flag set explicitly, --fit off, so the runtime cannot re-decide."""
@@ -140,27 +146,67 @@ class _Search:
         self.base = Params(
             n_parallel=opts.n_parallel, kv_unified=False, n_batch=opts.n_batch, n_ubatch=opts.n_ubatch,
             flash_attn=opts.flash_attn, fit=False, tensor_split=split, repack=opts.repack,
-            cpu_repack=dict(opts.cpu_repack),
+            cpu_repack=dict(opts.cpu_repack), tensor_overrides=opts.tensor_overrides,
             devices=tuple(Device(b.device, b.free_bytes) for b in self.gpus),
         )
         self.cache: dict[tuple, Estimate | None] = {}
         self.weights: dict = {}  # memory.estimate's per-placement memo: the tensors are walked once per placement
+        # the expert lever (--n-cpu-moe N): a MoE model with GPUs, for llama-server (an Ollama Modelfile has no such
+        # parameter), unless the user placed tensors themselves
+        self.moe = bool(spec.is_moe and self.gpus and opts.runtime == "llamacpp" and not opts.tensor_overrides)
+        self._reads: dict[tuple[int, int], tuple[int, int]] = {}
 
-    def params(self, ctx: int, kv: tuple[str, str], ngl: int) -> Params:
+    def params(self, ctx: int, kv: tuple[str, str], ngl: int, n_cpu_moe: int = 0) -> Params:
         fa = self.opts.flash_attn
         if fa == "auto" and kv[1] not in ("f16", "f32", "bf16"):
             fa = "on"  # a quantized V cache needs flash attention; say it explicitly
+        moe = (("--n-cpu-moe", str(n_cpu_moe)),) if n_cpu_moe else ()
         return replace(self.base, n_ctx=ctx * self.opts.n_parallel, cache_type_k=kv[0], cache_type_v=kv[1],
-                       n_gpu_layers=ngl if self.gpus else 0, flash_attn=fa)
+                       n_gpu_layers=ngl if self.gpus else 0, flash_attn=fa,
+                       tensor_overrides=self.base.tensor_overrides + moe)
 
-    def estimate(self, ctx: int, kv: tuple[str, str], ngl: int) -> Estimate | None:
-        key = (ctx, kv, ngl)
+    def estimate(self, ctx: int, kv: tuple[str, str], ngl: int, n_cpu_moe: int = 0) -> Estimate | None:
+        key = (ctx, kv, ngl, n_cpu_moe)
         if key not in self.cache:
             try:
-                self.cache[key] = estimate(self.spec, self.params(ctx, kv, ngl), self.weights)
+                self.cache[key] = estimate(self.spec, self.params(ctx, kv, ngl, n_cpu_moe), self.weights)
             except AutoctxError:
                 self.cache[key] = None  # this KV type cannot be used with this model (width, MLA, FA)
         return self.cache[key]
+
+    def reads(self, ngl: int, n_cpu_moe: int = 0) -> tuple[int, int]:
+        """token_reads of a placement (memoised)."""
+        key = (ngl, n_cpu_moe)
+        if key not in self._reads:
+            self._reads[key] = token_reads(self.spec, self.params(256, ("f16", "f16"), ngl, n_cpu_moe))
+        return self._reads[key]
+
+    def placements(self, start: int, fewer: bool) -> list[tuple[int, int]]:
+        """Candidate (GPU layers, --n-cpu-moe N) placements, cheapest first: by the bytes each generated token reads
+        from CPU memory (token_reads), then more GPU layers, then fewer CPU experts.
+
+        Without `fewer`: `start` GPU layers, and for a MoE model (the expert lever) the experts of the first N blocks
+        on the CPU for every N that moves experts off a device (N = 0 first; an N whose last block is a CPU block or
+        has no experts places nothing new and is left out, so the list holds each distinct placement once). With
+        `fewer`: every layer count from `start` down to 0 as well, each with its expert counts. The list is the
+        whole space, so the first placement in it that fits is the cheapest that fits."""
+        has_experts = [False] * self.spec.n_layer
+        for t, li in zip(self.spec.tensors, self.spec.tensor_layer):
+            if 0 <= li < self.spec.n_layer and _EXPERTS.search(t.name):
+                has_experts[li] = True
+        out = []
+        for ngl in (range(start, -1, -1) if fewer else (start,)):
+            first_gpu = max(self.spec.n_layer + 1 - ngl, 0)  # memory.layer_devices: the blocks below are CPU
+            out.append((ngl, 0))
+            if self.moe:
+                out += [(ngl, n) for n in range(first_gpu + 1, self.spec.n_layer_main + 1) if has_experts[n - 1]]
+        return sorted(out, key=lambda pl: (self.reads(*pl)[0], -pl[0], pl[1]))
+
+    def cheapest(self, ctx: int, kv: tuple[str, str], places: list[tuple[int, int]]) -> tuple[int, int] | None:
+        """The first of `places` (cheapest first, see placements) with which `ctx` tokens fit, or None. Each one is
+        tried in turn: more GPU layers or fewer CPU experts means more GPU memory but less CPU memory, so fitting is
+        monotone in neither and no bisection or early stop would be right."""
+        return next((pl for pl in places if self.fits(ctx, kv, *pl)), None)
 
     def refusal(self, kv: tuple[str, str], ngl: int) -> str | None:
         """Why this KV type cannot be used with this model (llama.cpp's own refusal, from memory.estimate)."""
@@ -169,14 +215,6 @@ class _Search:
         except AutoctxError as e:
             return str(e)
         return None
-
-    def most_layers(self, ctx: int, kv: tuple[str, str], start: int) -> int:
-        """The most GPU layers (≤ start) with which `ctx` tokens fit, or -1. Every count is tried from the top:
-        GPU memory grows with the layer count while CPU memory shrinks, so fitting is not monotone in it."""
-        for ngl in range(start, -1, -1):
-            if self.fits(ctx, kv, ngl):
-                return ngl
-        return -1
 
     def over(self, est: Estimate) -> dict[str, int]:
         """Bytes over budget per device (empty: it fits)."""
@@ -187,20 +225,20 @@ class _Search:
                 out[b.device] = used - b.usable
         return out
 
-    def fits(self, ctx: int, kv: tuple[str, str], ngl: int) -> bool:
-        est = self.estimate(ctx, kv, ngl)
+    def fits(self, ctx: int, kv: tuple[str, str], ngl: int, n_cpu_moe: int = 0) -> bool:
+        est = self.estimate(ctx, kv, ngl, n_cpu_moe)
         return est is not None and not self.over(est)
 
-    def max_ctx(self, kv: tuple[str, str], ngl: int, hi: int) -> int:
+    def max_ctx(self, kv: tuple[str, str], ngl: int, hi: int, n_cpu_moe: int = 0) -> int:
         """Largest multiple of 256 ≤ hi that fits (0 if not even 256): bisection on a monotone predicate."""
         lo_k, hi_k = 0, hi // 256
         if hi_k == 0:
             return 0
-        if self.fits(hi_k * 256, kv, ngl):
+        if self.fits(hi_k * 256, kv, ngl, n_cpu_moe):
             return hi_k * 256
         while hi_k - lo_k > 1:
             mid = (lo_k + hi_k) // 2
-            if self.fits(mid * 256, kv, ngl):
+            if self.fits(mid * 256, kv, ngl, n_cpu_moe):
                 lo_k = mid
             else:
                 hi_k = mid
@@ -233,35 +271,41 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
         if k in order:
             reasons.append(f"KV {_kv_label(k)} not possible for this model: {why}")
 
-    def choose(kinds: list[tuple[str, str]], ngl: int, need: int = target
+    def choose(kinds: list[tuple[str, str]], at: tuple[int, int], need: int = target
                ) -> tuple[tuple[str, str], int, dict[str, int]]:
         """The first type that reaches `need` (the target; a fallback only needs --min-ctx), else the one with
-        the largest context."""
+        the largest context, at the placement `at` (GPU layers, --n-cpu-moe)."""
         found: dict[str, int] = {}
         for kv in kinds:
-            found[_kv_label(kv)] = c = s.max_ctx(kv, ngl, target)
+            found[_kv_label(kv)] = c = s.max_ctx(kv, at[0], target, at[1])
             if c >= need:
                 return kv, c, found
         best = max(kinds, key=lambda k: found[_kv_label(k)])
         return best, found[_kv_label(best)], found
 
     ngl = all_layers if opts.fixed_ngl is None or not s.gpus else min(opts.fixed_ngl, all_layers)
-    start = ngl
+    start, n_cpu_moe = ngl, 0
     # each step keeps the placement of the one before when it reaches --min-ctx: the order's types with every layer
     # on the GPUs; the fallback types with every layer on the GPUs; fewer layers with the order's most compact
-    # type; fewer layers with the fallback's most compact type
-    steps = [(usable, False), (spare, False), (usable, True), (spare, True)]
+    # type; fewer layers with the fallback's most compact type. For a MoE model "every layer on the GPUs" includes
+    # the experts of the first N blocks on the CPU (the smallest N that leaves room for --min-ctx), and "fewer" is
+    # every placement of layers and experts, the one whose tokens read the fewest bytes from CPU memory first.
+    full = s.placements(start, fewer=False)
+    anywhere = s.placements(start, fewer=True) if s.gpus and opts.fixed_ngl is None else []
+    steps = [(usable, full, False), (spare, full, False), (usable, anywhere, True), (spare, anywhere, True)]
     kinds, kv, ctx, found = usable or spare, None, 0, {}
-    for cand, fewer in steps:
-        if not cand or (fewer and (not s.gpus or opts.fixed_ngl is not None)):
+    for cand, places, fewer in steps:
+        if not cand or not places:
             continue
-        at = s.most_layers(min_ctx, cand[-1], start) if fewer else start
-        if at < 0:
-            continue
+        at = s.cheapest(min_ctx, cand[-1], places)
+        if at is None:
+            if fewer:
+                continue
+            at = places[0]
         kv2, ctx2, found2 = choose(cand, at, target if cand is usable else min_ctx)
         found.update(found2)
         if kv is None or ctx2 > ctx:
-            kinds, kv, ctx, ngl = cand, kv2, ctx2, at
+            kinds, kv, ctx, (ngl, n_cpu_moe) = cand, kv2, ctx2, at
         if ctx >= min_ctx:
             break
     if ctx < min_ctx:
@@ -271,9 +315,9 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
         what = ", ".join(f"{d}: {v / GiB:.2f} GiB" for d, v in missing.items()) or "unknown"
         raise PlanError(f"{spec.name or spec.path}: even {min_ctx} tokens with KV {_kv_label(compact)} do not fit "
                         f"(missing {what} beyond free − margin)")
-    est = s.estimate(ctx, kv, ngl)
+    est = s.estimate(ctx, kv, ngl, n_cpu_moe)
     assert est is not None
-    p = s.params(ctx, kv, ngl)
+    p = s.params(ctx, kv, ngl, n_cpu_moe)
 
     # --- reasons ---
     label = _kv_label(kv)
@@ -295,26 +339,81 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
                        + (f"{short}, below --min-ctx {min_ctx}" if short else "the better types did not fit")
                        + " (--kv-types f16,q8_0 refuses it)")
     if s.gpus:
-        if ngl == all_layers:
-            reasons.append(f"all {spec.n_layer} layers + output on the GPU{'s' if len(s.gpus) > 1 else ''}")
+        gpu_s = "GPU" + ("s" if len(s.gpus) > 1 else "")
+        cpu_read, all_read = token_reads(spec, est.params)
+        if ngl == all_layers and not n_cpu_moe:
+            reasons.append(f"all {spec.n_layer} layers + output on the {gpu_s}")
+        elif ngl == all_layers:
+            reasons.append(f"all {spec.n_layer} layers' attention and KV cache + output on the {gpu_s}, the experts "
+                           f"of the first {n_cpu_moe} on the CPU (--n-cpu-moe {n_cpu_moe}): the fewest that leave room "
+                           f"for {min_ctx} tokens")
         else:
             on = max(ngl - 1, 0)
-            reasons.append(f"only {on} of {spec.n_layer} layers fit on the GPU with {min_ctx} tokens: the rest run "
-                           f"on the CPU, expect generation several times slower than a full offload")
+            moe = f" (and the experts of the first {n_cpu_moe} blocks)" if n_cpu_moe else ""
+            reasons.append(f"only {on} of {spec.n_layer} layers{moe} fit on the GPU with {min_ctx} tokens: the rest "
+                           "run on the CPU")
+        if cpu_read:
+            reasons.append(slowdown(cpu_read, all_read))
         if s.tensor_split:
             reasons.append("layers split across GPUs in proportion to usable memory: -ts "
                            + ",".join(f"{x:g}" for x in s.tensor_split))
     if opts.n_parallel > 1:
         reasons.append(f"{opts.n_parallel} slots of {ctx} tokens each (KV cache × {opts.n_parallel})")
     return Plan(spec, ctx, kv[0], kv[1], p.flash_attn, ngl if s.gpus else 0, opts.n_parallel, opts.n_ubatch,
-                s.tensor_split, est, budgets, reasons, found, p)
+                s.tensor_split, est, budgets, reasons, found, p, n_cpu_moe=n_cpu_moe)
+
+
+_EXPERTS = re.compile(FFN_EXPS_REGEX)  # what --cpu-moe / --n-cpu-moe move: the routed experts' weights
+# An assumption for the slowdown class, not a measurement: a GPU reads its memory ~10× faster than a desktop CPU
+# reads RAM (GDDR6/HBM at 0.4–3 TB/s against dual-channel DDR4/DDR5 at 50–100 GB/s); generating a token reads every
+# weight it uses once, so the time per token follows the bytes read from each memory.
+GPU_CPU_BANDWIDTH = 10
+
+
+def token_reads(spec: ModelSpec, p: Params) -> tuple[int, int]:
+    """(bytes of weights a generated token reads from CPU memory, bytes of weights it reads in all), for the
+    placement `p` describes (its GPU layers and tensor overrides, memory.tensor_devices).
+
+    Each block and the output layer are read once per token; of a MoE block's routed experts (FFN_EXPS_REGEX) only
+    n_expert_used of n_expert are, so an expert tensor counts that share of its bytes. The input embedding is left
+    out: a token reads one row of it."""
+    layer_dev, out_dev = layer_devices(spec, p, resolve_ngl(spec, p))
+    share = spec.n_expert_used / spec.n_expert if spec.n_expert else 1.0
+    cpu = total = 0.0
+    for t, li, dev in zip(spec.tensors, spec.tensor_layer, tensor_devices(spec, p, layer_dev, out_dev)):
+        if li < 0 or not dev:
+            continue
+        read = t.nbytes * (share if _EXPERTS.search(t.name) else 1.0)
+        total += read
+        if dev == CPU:
+            cpu += read
+    return int(cpu), int(total)
+
+
+def slowdown(cpu_read: int, all_read: int) -> str:
+    """The expected slowdown of generation, in words, from the share of each token's weight reads that CPU memory
+    serves (token_reads), at GPU_CPU_BANDWIDTH: time per token ∝ GPU bytes + GPU_CPU_BANDWIDTH × CPU bytes."""
+    share = cpu_read / all_read if all_read else 0.0
+    factor = 1 + share * (GPU_CPU_BANDWIDTH - 1)
+    if factor < 1.25:
+        words = "close to full-GPU speed"
+    elif factor < 2:
+        words = "noticeably slower than a full offload"
+    elif factor < 4:
+        words = "several times slower than a full offload"
+    else:
+        words = "many times slower than a full offload (CPU-bound)"
+    return (f"each generated token reads {cpu_read / MiB:,.0f} MiB of weights from CPU memory ({100 * share:.1f} % of "
+            f"{all_read / MiB:,.0f} MiB): expect generation {words} (~{factor:.1f}× the time per token, if RAM is "
+            f"~{GPU_CPU_BANDWIDTH}× slower than GPU memory)")
 
 
 def memory_curve(spec: ModelSpec, plan_: Plan, kv: tuple[str, str], points: int = 24) -> list[tuple[int, int]]:
     """(context, bytes on the tightest device) for a chart, at the plan's layer placement."""
     s = _Search(spec, plan_.budgets, PlanOptions(n_parallel=plan_.n_parallel, n_ubatch=plan_.ubatch,
                                                   flash_attn="auto", repack=plan_.params.repack,
-                                                  cpu_repack=dict(plan_.params.cpu_repack)))
+                                                  cpu_repack=dict(plan_.params.cpu_repack),
+                                                  tensor_overrides=plan_.params.tensor_overrides))
     dev = plan_.tight_device().device
     out = []
     top = spec.n_ctx_train

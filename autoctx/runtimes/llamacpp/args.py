@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from ...errors import ArgsError
-from ...memory import KV_TYPES, SPLIT_MODES, Device, Params
+from ...memory import KV_TYPES, SPLIT_MODES, Device, Params, ot_items
 from ._server_flags import FLAGS
 
 # canonical name -> spellings (common/arg.cpp)
@@ -42,6 +42,11 @@ SPELLINGS: dict[str, tuple[str, ...]] = {
     "embedding": ("--embedding", "--embeddings"),
     "rerank": ("--rerank", "--reranking"),  # sets embedding too (and pooling = rank, which the server applies)
     "rpc": ("--rpc",),  # RPC servers: their devices come first (src/llama.cpp); passed through as given
+    # tensor buffer-type overrides, kept in command-line order (the first matching pattern wins)
+    "ot": ("-ot", "--override-tensor"),
+    "cpu_moe": ("-cmoe", "--cpu-moe"),
+    "n_cpu_moe": ("-ncmoe", "--n-cpu-moe"),
+    "n_cpu_ffn": ("-ncffn", "--n-cpu-ffn"),
     "model": ("-m", "--model"),
 }
 _BY_SPELLING = {s: name for name, spellings in SPELLINGS.items() for s in spellings}
@@ -212,6 +217,18 @@ def parse_server_args(argv: list[str], base: Params | None = None) -> ParsedArgs
             p = replace(p, op_offload=False)
         elif name == "embedding":
             p = replace(p, embeddings=True)
+        elif name in ("ot", "cpu_moe", "n_cpu_moe", "n_cpu_ffn"):
+            # Params.tensor_overrides spells them -ot, --cpu-moe, --n-cpu-moe, --n-cpu-ffn; the buffer types are
+            # checked once the devices are known (memory.buft_overrides)
+            if name == "ot":
+                ot_items(value)
+            elif name != "cpu_moe":
+                n = _int(flag, value)
+                if n < 0:
+                    raise ArgsError(f"{flag} must be >= 0 (a number of blocks)")
+                value = str(n)
+            spelled = "-ot" if name == "ot" else SPELLINGS[name][1]
+            p = replace(p, tensor_overrides=(*p.tensor_overrides, (spelled, value or "")))
         elif name == "model":
             out.model = value
     out.params = p
@@ -356,5 +373,7 @@ def to_server_args(p: Params, model: str | None = None) -> list[str]:
         argv.append("--no-op-offload")
     if p.embeddings:
         argv.append("--embedding")
+    for flag, value in p.tensor_overrides:  # in their order: the first matching pattern wins
+        argv += [flag, value] if value else [flag]
     argv += ["--fit", "on" if p.fit else "off"]
     return argv
