@@ -104,7 +104,10 @@ def _estimate(model: str, server_args: Optional[List[str]], devices: str = ""):
     if _ollama_name_not_file(path):
         raise AutoctxError(f"{path}: no such file; estimate and check read a GGUF file (plan, serve, run and modelfile "
                            "also take Ollama model names)")
-    est = run_estimate(load_spec(path), params)
+    from .extras import load_extras
+
+    spec = load_spec(path)
+    est = run_estimate(spec, params, extras=load_extras(params, spec))
     for note in est.notes:
         _warn(note)
     return est, parsed
@@ -688,6 +691,7 @@ def estimate_json(est) -> dict:
         "args": args,
         "buffers": [b.as_dict() for b in est.buffers],
         "total_bytes": est.total_bytes,
+        "after_health": [b.as_dict() for b in est.later],
         "notes": est.notes,
     }
 
@@ -708,6 +712,21 @@ def print_estimate_table(est) -> None:
         row = [est.kind_bytes(k, d) for k in kinds]
         print(f"{d:<10}" + "".join(f"{_mib(v):>12}" for v in row) + f"{_mib(sum(row)):>12}")
     print(f"{'total':<10}" + "".join(f"{_mib(est.kind_bytes(k)):>12}" for k in kinds) + f"{_mib(est.total_bytes):>12}")
+    print_extra_buffers(est)
+
+
+def print_extra_buffers(est) -> None:
+    """The buffers beside the model (projector, draft, MTP, LoRA; included in the table above) and the host memory
+    llama-server fills after /health (prompt cache, context checkpoints; not in the table), one line each."""
+    beside = [b for b in est.buffers if b.detail.startswith(("projector", "draft", "LoRA", "MTP"))]
+    if beside:
+        print("beside the model (in the table above):")
+        for b in beside:
+            print(f"  {b.device:<8}{b.kind:<9}{_mib(b.bytes):>12}  {b.name}: {b.detail}")
+    if est.later:
+        print("after /health, in host memory (not in the table):")
+        for b in est.later:
+            print(f"  {b.device:<8}{b.kind:<13}{_mib(b.bytes):>12}  up to: {b.detail}")
 
 
 def _error_line(msg: str) -> str:

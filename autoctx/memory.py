@@ -24,11 +24,14 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ArgsError
 from .gguf import GGML_QUANT_SIZES, row_bytes, type_from_name
 from .model import ModelSpec
+
+if TYPE_CHECKING:
+    from .extras import Encoder, Extras, LoraSpec, ProjectorSpec
 
 MiB = 1024 * 1024
 CPU = "CPU"
@@ -215,6 +218,21 @@ class Params:
     # tensor buffer-type overrides in command-line order, as (flag, value): ("-ot", "PATTERN=BUFT[,...]"),
     # ("--cpu-moe", ""), ("--n-cpu-moe", "N"), ("--n-cpu-ffn", "N"); buft_overrides() expands them
     tensor_overrides: tuple[tuple[str, str], ...] = ()
+    # beside the model (memory.extra_buffers; the files' headers come in an extras.Extras): --mmproj FILE, on the
+    # first device unless --no-mmproj-offload; -md FILE with -ngld, -ctkd/-ctvd; --spec-type names and
+    # --spec-draft-n-max (the draft tokens, which size the outputs and MTP's recurrent rows); --lora FILEs; and the
+    # host memory that grows after /health: --cache-ram MiB (-1 no limit, 0 off), --ctx-checkpoints per slot
+    mmproj: str = ""
+    mmproj_offload: bool = True
+    model_draft: str = ""
+    draft_ngl: int = -1
+    cache_type_k_draft: str = "f16"
+    cache_type_v_draft: str = "f16"
+    spec_types: tuple[str, ...] = ()
+    draft_n_max: int = 3
+    lora: tuple[str, ...] = ()
+    cache_ram_mib: int = 8192
+    ctx_checkpoints: int = 32
 
     def resolved(self) -> "Params":
         """Apply llama-server's defaults and adjustments, in its order.
@@ -294,6 +312,12 @@ class Estimate:
     output_device: str
     buffers: list[Buffer]
     notes: list[str] = field(default_factory=list)
+    # host memory llama-server fills after /health (prompt cache, context checkpoints: extra_buffers); not in
+    # `buffers` (nothing is printed at load), counted by the planner in the host budget
+    later: list[Buffer] = field(default_factory=list)
+
+    def later_bytes(self, device: str) -> int:
+        return sum(b.bytes for b in self.later if b.device == device)
 
     @property
     def total_bytes(self) -> int:
@@ -336,7 +360,7 @@ def context_sizes(spec: ModelSpec, p: Params) -> tuple[int, int, int, int, int]:
     n_batch = min(n_ctx, p.n_batch)  # causal attention
     n_ubatch = min(n_batch, p.n_ubatch)
     # server-context.cpp server_output_limits: min(n_batch, n_parallel × (1 + draft)), at least 1
-    n_outputs_max = n_batch if p.embeddings else max(1, min(n_batch, n_seq))
+    n_outputs_max = n_batch if p.embeddings else max(1, min(n_batch, n_seq * (1 + spec_n_max(p))))
     return n_ctx, n_ctx_seq, n_batch, n_ubatch, n_outputs_max
 
 
@@ -477,7 +501,7 @@ def tensor_devices(spec: ModelSpec, p: Params, layer_dev: list[str], output_dev:
     out: list[str] = []
     first_nextn = spec.n_layer - spec.n_layer_nextn
     for i, li in enumerate(spec.tensor_layer):
-        if spec.n_layer_nextn and first_nextn <= li < spec.n_layer:
+        if spec.n_layer_nextn and first_nextn <= li < spec.n_layer and not loads_mtp(spec, p):
             out.append("")  # NextN/MTP tensors are skipped unless an MTP context is requested
         else:
             out.append(assigned.get(i, CPU if li < 0 else (output_dev if li >= spec.n_layer else layer_dev[li])))
@@ -622,7 +646,7 @@ def kv_buffers(spec: ModelSpec, p: Params, kv_size: int, n_ubatch: int, flash_at
         out += _kv_cache(spec, p, kv_layers, kv_size, v_trans, layer_dev, "")
     rec = [il for il in range(spec.n_layer) if spec.is_recurrent[il]]
     if rec:
-        rows = max(1, p.n_parallel)
+        rows = max(1, p.n_parallel) * (1 + n_rs_seq(spec, p))  # llama-memory-recurrent.cpp: MTP rollback rows
         per_dev: dict[str, int] = {}
         for il in rec:
             d = layer_dev[il] if p.offload_kqv else CPU
@@ -976,8 +1000,9 @@ def _placed_weights(spec: ModelSpec, p: Params, layer_dev: list[str], out_dev: s
     return found
 
 
-def estimate(spec: ModelSpec, params: Params, memo: dict | None = None) -> Estimate:
-    """What llama-server allocates for `spec` with `params`. `memo`: see _placed_weights (one dict per spec)."""
+def estimate(spec: ModelSpec, params: Params, memo: dict | None = None, extras: Extras | None = None) -> Estimate:
+    """What llama-server allocates for `spec` with `params`. `memo`: see _placed_weights (one dict per spec);
+    `extras`: the headers of the files params names beside the model (extras.load_extras; see add_extra_buffers)."""
     p = params.resolved()
     n_ctx, n_ctx_seq, n_batch, n_ubatch, n_outputs_max = context_sizes(spec, p)
     fa = p.flash_attn in ("on", "auto")  # auto resolves to on for every backend/head size we model
@@ -1021,5 +1046,202 @@ def estimate(spec: ModelSpec, params: Params, memo: dict | None = None) -> Estim
         notes.append(f"--split-mode {p.split_mode} is not modelled: buffers are estimated as for --split-mode layer")
     if p.fit and p.n_ctx <= 0:
         notes.append("-c unset with --fit on: llama-server may lower the context to fit free memory")
-    return Estimate(spec, p, n_ctx, n_ctx_seq, n_batch, n_ubatch, n_outputs_max, fa, n_ctx_seq, n_swa_cells, ngl,
-                    layer_dev, out_dev, buffers, notes)
+    est = Estimate(spec, p, n_ctx, n_ctx_seq, n_batch, n_ubatch, n_outputs_max, fa, n_ctx_seq, n_swa_cells, ngl,
+                   layer_dev, out_dev, buffers, notes)
+    add_extra_buffers(est, extras)
+    return est
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Beside the model (tools/server/server-context.cpp load_model): the projector (tools/mtmd/clip.cpp), a draft model
+# or an MTP context (common/speculative.cpp), LoRA adapters (src/llama-adapter.cpp); and the host memory the server
+# fills after /health: the prompt cache (server-task.cpp server_prompt_cache) and context checkpoints
+# ----------------------------------------------------------------------------------------------------------------
+
+SPEC_DRAFT_TYPES = ("draft-simple", "draft-eagle3", "draft-mtp", "draft-dflash", "draft-dspark")
+_NGRAM_N_MAX = {"ngram-simple": 48, "ngram-map-k": 48, "ngram-map-k4v": 48, "ngram-mod": 64, "ngram-cache": 8}
+SPEC_TYPES = ("none", *SPEC_DRAFT_TYPES, *_NGRAM_N_MAX)  # common/speculative.cpp common_speculative_type_from_name
+_RS_SEQ_TYPES = ("draft-mtp", "draft-eagle3", "draft-dflash", "draft-dspark")  # common.h need_n_rs_seq
+# src/llama-arch.cpp llm_arch_supports_rs_rollback: elsewhere llama_context clamps n_rs_seq to 0
+RS_ROLLBACK_ARCHS = ("kimi-k3", "qwen35", "qwen35moe", "qwen4exp", "deepseek4", "glm5-next", "nemotron_h",
+                     "nemotron_h_moe", "lfm2", "lfm2moe", "bailingmoe3")
+
+
+def spec_n_max(p: Params) -> int:
+    """common_speculative_n_max: the most tokens an enabled speculative type drafts (0: no speculative decoding).
+    The server reserves outputs for n_parallel × (1 + this) (server_output_limits)."""
+    n = 0
+    for t in p.spec_types:
+        n = max(n, max(0, p.draft_n_max) if t in SPEC_DRAFT_TYPES else _NGRAM_N_MAX.get(t, 0))
+    return n
+
+
+def n_rs_seq(spec: ModelSpec, p: Params) -> int:
+    """Recurrent rollback rows per sequence (need_n_rs_seq: the draft tokens, with MTP/EAGLE3/DFlash), 0 where the
+    architecture cannot roll back (llama_context clamps it)."""
+    if spec.architecture not in RS_ROLLBACK_ARCHS or not any(t in _RS_SEQ_TYPES for t in p.spec_types):
+        return 0
+    return max(0, p.draft_n_max)
+
+
+def loads_mtp(spec: ModelSpec, p: Params) -> bool:
+    """common_model_params_to_llama: load_mtp with --spec-type draft-mtp; the NextN blocks' weights are loaded."""
+    return spec.n_layer_nextn > 0 and "draft-mtp" in p.spec_types
+
+
+def projector_compute_bytes(enc: Encoder, flash_attn: bool) -> int:
+    """The projector's compute buffer: clip.cpp warmup() reserves its graph for one image of warmup_image_size²
+    (T patches). Measured on the pinned build with SigLIP (gemma3) at 1024 and 4096 patches, widths 1152/2304 and
+    FFN 4304/8608: with flash attention the live set is max(F + 3E, 5E) f32 per patch; without it the scores
+    KQ [T, T, n_head] f32 plus 6E per patch. Other encoders (windowed attention, merger MLPs) follow the same
+    ViT body, with their own projector heads not modelled. Audio encoders: not modelled (0)."""
+    T, E, F = enc.warmup_tokens, enc.n_embd, enc.n_ff
+    per_token = max(F + 3 * E, 5 * E)
+    if not flash_attn:
+        per_token = max(per_token, T * enc.n_head + 6 * E)
+    return 4 * T * per_token
+
+
+def projector_buffers(proj: ProjectorSpec, p: Params) -> tuple[list[Buffer], list[str]]:
+    """--mmproj: its weights in one buffer of the projector's backend (clip.cpp load_tensors:
+    ggml_backend_alloc_ctx_tensors_from_buft, not mapped), and its compute buffer. clip_ctx puts it on the first GPU
+    (ggml_backend_init_by_type GPU) unless --no-mmproj-offload; a CPU build: the CPU."""
+    dev = p.devices[0] if p.mmproj_offload and p.devices else None
+    name = dev.name if dev else CPU
+    skip_audio = "gemma3nv" in proj.projector_types  # clip_init: Gemma 3n's audio tensors are not loaded
+    weights = sum(_alloc_size(dev, t.type_name, t.nbytes, t.shape[0]) for t in proj.tensors
+                  if not (skip_audio and t.name.startswith("a.")))
+    out = [Buffer(name, "model", weights, "CLIP", "projector weights")]
+    notes = []
+    fa = p.flash_attn != "off"
+    for enc in proj.encoders:
+        if enc.modality == "audio" and skip_audio:
+            continue
+        compute = projector_compute_bytes(enc, fa) if enc.modality == "vision" else 0
+        if compute:
+            out.append(Buffer(name, "compute", compute, "CLIP",
+                              f"projector {enc.modality}, {enc.warmup_tokens} patches"))
+        from .extras import CALIBRATED
+
+        if enc.modality == "audio":
+            notes.append("projector: the audio encoder's compute buffer is not modelled")
+        elif enc.projector_type not in CALIBRATED:
+            notes.append(f"projector {enc.projector_type}: compute buffer from the SigLIP-measured ViT form "
+                         "(its own projector head not modelled)")
+    if dev is not None:
+        notes.append("projector on a GPU: its compute buffer is the CPU-measured form, not checked on a GPU")
+    return out, notes
+
+
+def draft_params(est: Estimate) -> Params:
+    """The draft model's context (common_base_params_to_speculative + common_speculative_init_result): the target's
+    n_ctx, slots and batches, -ctkd/-ctvd cache types, -ngld layers, one output per slot, no rollback rows."""
+    p = est.params
+    return replace(p, n_ctx=est.n_ctx, cache_type_k=p.cache_type_k_draft, cache_type_v=p.cache_type_v_draft,
+                   n_gpu_layers=p.draft_ngl, embeddings=False, tensor_overrides=(), mmproj="", model_draft="",
+                   lora=(), spec_types=(), cache_ram_mib=0, ctx_checkpoints=0, fit=False)
+
+
+def lora_buffers(est: Estimate, lora: LoraSpec) -> list[Buffer]:
+    """llama_adapter_lora_init_impl: each lora_a/lora_b pair goes to the buffer type of its base tensor's buffer
+    (a repacked tensor's falls back to the CPU type), one buffer per buffer type, each tensor padded to it."""
+    import os
+
+    spec, p = est.spec, est.params
+    placed = tensor_devices(spec, p, est.layer_device, est.output_device)
+    where = {t.name: (t, d) for t, d in zip(spec.tensors, placed)}
+    devs = {d.name: d for d in p.devices}
+    host_dev = host_weight_device(p)
+    sized: dict[tuple[str, str], int] = {}
+    for name, ta, tb in lora.pairs:
+        base, dev = where[name]
+        if dev and dev != CPU:
+            d = devs[dev]
+            key, size = (dev, d.buffer_name), sum(_alloc_size(d, t.type_name, t.nbytes, t.shape[0]) for t in (ta, tb))
+        else:
+            if host_dev is None and p.repack and _repackable(base.name, base.type_name, base.shape, p.cpu_repack):
+                buf, align = CPU, CPU_ALIGNMENT
+            elif p.mmap:
+                buf, align = "CPU_Mapped", CPU_ALIGNMENT
+            elif host_dev is not None:
+                buf, align = host_dev.host_buffer, host_dev.backend.host_alignment
+            else:
+                buf, align = CPU, CPU_ALIGNMENT
+            key, size = (CPU, buf), pad(ta.nbytes, align) + pad(tb.nbytes, align)
+        sized[key] = sized.get(key, 0) + size
+    label = f"LoRA {os.path.basename(lora.path)}"
+    return [Buffer(d, "model", n, name, label) for (d, name), n in sized.items()]
+
+
+def checkpoint_bytes(est: Estimate) -> int:
+    """One context checkpoint of one slot (server-context.cpp create_checkpoint: the slot's state that cannot be
+    rolled back, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY): the SWA cache's cells of one sequence (at most n_swa +
+    n_ubatch) and one row of recurrent state. 0 for a model without either: llama-server makes none."""
+    spec, p = est.spec, est.params
+    total = 0
+    if spec.swa_type != "none" and not p.swa_full and est.swa_cells:
+        cells = min(est.swa_cells, spec.n_swa + est.n_ubatch)
+        tk, tv = type_from_name(p.cache_type_k), type_from_name(p.cache_type_v)
+        for il in range(spec.n_layer):
+            if spec.has_kv[il] and spec.is_swa[il]:
+                total += cells * (row_bytes(tk, spec.n_embd_k_gqa(il))
+                                  + (0 if spec.is_mla else row_bytes(tv, spec.n_embd_v_gqa(il))))
+    total += sum(4 * (spec.n_embd_r + spec.n_embd_s) for il in range(spec.n_layer) if spec.is_recurrent[il])
+    return total
+
+
+def host_growth(est: Estimate, draft: Estimate | None = None) -> list[Buffer]:
+    """What the server allocates in host memory after /health: up to --ctx-checkpoints checkpoints per slot, and the
+    prompt cache up to --cache-ram MiB (with -1, no limit but n_ctx tokens of prompt state: the KV caches)."""
+    p = est.params
+    out = []
+    one = checkpoint_bytes(est)
+    if p.ctx_checkpoints > 0 and one:
+        out.append(Buffer(CPU, "checkpoints", p.n_parallel * p.ctx_checkpoints * one, "host",
+                          f"up to {p.ctx_checkpoints} per slot x {p.n_parallel} slots x {one / MiB:.2f} MiB"))
+    if p.cache_ram_mib > 0:
+        out.append(Buffer(CPU, "prompt-cache", p.cache_ram_mib * MiB, "host", f"--cache-ram {p.cache_ram_mib} MiB"))
+    elif p.cache_ram_mib < 0:
+        bound = est.kind_bytes("kv") + (draft.kind_bytes("kv") if draft else 0)
+        out.append(Buffer(CPU, "prompt-cache", bound, "host", "--cache-ram -1: no limit but n_ctx tokens of state"))
+    return out
+
+
+def add_extra_buffers(est: Estimate, extras: Extras | None) -> None:
+    """Add to `est` what llama-server allocates beside the model (buffers, in its load order) and what it fills
+    after /health (est.later)."""
+    spec, p = est.spec, est.params
+    if p.spec_types and not extras_has(extras, "draft") and any(t in SPEC_DRAFT_TYPES and t != "draft-mtp"
+                                                                for t in p.spec_types):
+        est.notes.append("--spec-type " + ",".join(p.spec_types) + " without -md: llama-server has no draft model")
+    for lo in (extras.loras if extras else ()):  # common_init_from_params: adapters right after the model
+        est.buffers += lora_buffers(est, lo)
+    draft = None
+    if extras is not None and extras.draft is not None:
+        draft = estimate(extras.draft, draft_params(est))
+        name = extras.draft.name or extras.draft.path
+        est.buffers += [replace(b, detail=f"draft {name}" + (f", {b.detail}" if b.detail else ""))
+                        for b in draft.buffers]
+        if not any(t in SPEC_DRAFT_TYPES for t in p.spec_types):
+            est.notes.append("-md without --spec-type draft-simple: llama-server loads the draft model and its "
+                             "context, then frees them (no speculative type uses it)")
+    elif loads_mtp(spec, p):  # an MTP context on the target's weights (LLAMA_CONTEXT_TYPE_MTP)
+        mp = replace(draft_params(est), cache_type_k=p.cache_type_k_draft, cache_type_v=p.cache_type_v_draft)
+        nextn = list(range(spec.n_layer - spec.n_layer_nextn, spec.n_layer))
+        v_trans = p.flash_attn == "off"
+        est.buffers += _kv_cache(spec, mp, nextn, est.n_ctx_seq, v_trans, est.layer_device, "MTP ")
+        est.buffers.append(Buffer(CPU, "output", output_bytes(spec, mp), "CPU", "MTP context"))
+        compute = compute_bytes(spec, est.n_ctx_seq, 0, min(est.n_ctx, est.n_ubatch), p.n_parallel,
+                                p.flash_attn != "off", mp.cache_type_k, mp.cache_type_v)
+        est.buffers.append(Buffer(est.output_device, "compute", compute, est.output_device, "MTP context"))
+        est.notes.append("MTP context: KV of the NextN blocks exact; its compute buffer assumed the main graph's "
+                         "peak (not measured)")
+    if extras is not None and extras.projector is not None:
+        bufs, notes = projector_buffers(extras.projector, p)
+        est.buffers += bufs
+        est.notes += notes
+    est.later = host_growth(est, draft)
+
+
+def extras_has(extras: Extras | None, what: str) -> bool:
+    return extras is not None and getattr(extras, what) is not None

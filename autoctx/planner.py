@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .errors import AutoctxError
 from .memory import CPU, FFN_EXPS_REGEX, Device, Estimate, Params, estimate, layer_devices, resolve_ngl, \
@@ -77,6 +78,13 @@ class PlanOptions:
     # the user's -ot/--cpu-moe/--n-cpu-moe/--n-cpu-ffn (memory.Params.tensor_overrides): kept on every candidate,
     # and the planner then leaves the experts where they say
     tensor_overrides: tuple[tuple[str, str], ...] = ()
+    # beside the model: the user's --mmproj/-md/--spec-type/--lora settings (memory.Params fields, by name) and the
+    # headers of those files (extras.Extras), counted on every candidate; the host prompt cache and checkpoints
+    # (--cache-ram MiB, --ctx-checkpoints per slot): None = sized after the plan from the RAM left (host_cache)
+    beside: dict[str, Any] = field(default_factory=dict)
+    extras: Any = None
+    cache_ram_mib: int | None = None
+    ctx_checkpoints: int | None = None
 
 
 @dataclass
@@ -147,7 +155,8 @@ class _Search:
             n_parallel=opts.n_parallel, kv_unified=False, n_batch=opts.n_batch, n_ubatch=opts.n_ubatch,
             flash_attn=opts.flash_attn, fit=False, tensor_split=split, repack=opts.repack,
             cpu_repack=dict(opts.cpu_repack), tensor_overrides=opts.tensor_overrides,
-            devices=tuple(Device(b.device, b.free_bytes) for b in self.gpus),
+            devices=tuple(Device(b.device, b.free_bytes) for b in self.gpus), **opts.beside,
+            cache_ram_mib=opts.cache_ram_mib or 0, ctx_checkpoints=opts.ctx_checkpoints or 0,
         )
         self.cache: dict[tuple, Estimate | None] = {}
         self.weights: dict = {}  # memory.estimate's per-placement memo: the tensors are walked once per placement
@@ -169,7 +178,8 @@ class _Search:
         key = (ctx, kv, ngl, n_cpu_moe)
         if key not in self.cache:
             try:
-                self.cache[key] = estimate(self.spec, self.params(ctx, kv, ngl, n_cpu_moe), self.weights)
+                self.cache[key] = estimate(self.spec, self.params(ctx, kv, ngl, n_cpu_moe), self.weights,
+                                           self.opts.extras)
             except AutoctxError:
                 self.cache[key] = None  # this KV type cannot be used with this model (width, MLA, FA)
         return self.cache[key]
@@ -211,7 +221,7 @@ class _Search:
     def refusal(self, kv: tuple[str, str], ngl: int) -> str | None:
         """Why this KV type cannot be used with this model (llama.cpp's own refusal, from memory.estimate)."""
         try:
-            estimate(self.spec, self.params(256, kv, ngl), self.weights)
+            estimate(self.spec, self.params(256, kv, ngl), self.weights, self.opts.extras)
         except AutoctxError as e:
             return str(e)
         return None
@@ -220,7 +230,7 @@ class _Search:
         """Bytes over budget per device (empty: it fits)."""
         out = {}
         for b in self.budgets:
-            used = est.resident_bytes(b.device)
+            used = est.resident_bytes(b.device) + est.later_bytes(b.device)  # + what fills after /health
             if used > b.usable:
                 out[b.device] = used - b.usable
         return out
@@ -318,6 +328,7 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
     est = s.estimate(ctx, kv, ngl, n_cpu_moe)
     assert est is not None
     p = s.params(ctx, kv, ngl, n_cpu_moe)
+    est, p, host_reasons = host_cache(s, est, p)
 
     # --- reasons ---
     label = _kv_label(kv)
@@ -359,6 +370,7 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
                            + ",".join(f"{x:g}" for x in s.tensor_split))
     if opts.n_parallel > 1:
         reasons.append(f"{opts.n_parallel} slots of {ctx} tokens each (KV cache × {opts.n_parallel})")
+    reasons += host_reasons
     return Plan(spec, ctx, kv[0], kv[1], p.flash_attn, ngl if s.gpus else 0, opts.n_parallel, opts.n_ubatch,
                 s.tensor_split, est, budgets, reasons, found, p, n_cpu_moe=n_cpu_moe)
 
@@ -423,3 +435,52 @@ def memory_curve(spec: ModelSpec, plan_: Plan, kv: tuple[str, str], points: int 
         if est is not None:
             out.append((ctx, est.resident_bytes(dev)))
     return out
+
+
+PROMPT_CACHE_MAX_MIB = 8192  # llama-server's default --cache-ram (common/common.h cache_ram_mib)
+PROMPT_CACHE_MIN_MIB = 256  # below this the prompt cache is turned off (--cache-ram 0): too small to hold a prompt
+CHECKPOINTS_MAX = 32  # llama-server's default --ctx-checkpoints per slot
+
+
+def host_cache(s: _Search, est: Estimate, p: Params) -> tuple[Estimate, Params, list[str]]:
+    """The host memory llama-server fills after /health, set explicitly from the RAM the plan leaves (llama.cpp's
+    --fit treats RAM as unlimited and its prompt cache defaults to 8 GiB): first the context checkpoints (up to 32
+    per slot, for a model that makes them: sliding-window or recurrent state), then the prompt cache with what is
+    left, at most 8192 MiB, off below 256 MiB. What the user set is kept (and was counted in the search)."""
+    from .memory import checkpoint_bytes
+
+    cpu = next((b for b in s.budgets if b.device == CPU), None)
+    left = None if cpu is None else cpu.usable - est.resident_bytes(CPU) - est.later_bytes(CPU)
+    reasons = []
+    n_ckpt, cache = p.ctx_checkpoints, p.cache_ram_mib
+    one = checkpoint_bytes(est) * p.n_parallel
+    if s.opts.ctx_checkpoints is None:
+        n_ckpt = CHECKPOINTS_MAX if left is None or not one else max(0, min(CHECKPOINTS_MAX, left // one))
+        if one and left is not None:
+            left -= n_ckpt * one
+            reasons.append(f"context checkpoints: {n_ckpt} per slot (--ctx-checkpoints; {one / MiB:.1f} MiB each "
+                           f"for {p.n_parallel} slot{'s' if p.n_parallel > 1 else ''}, filled after /health)"
+                           + ("" if n_ckpt == CHECKPOINTS_MAX else ": fewer than llama.cpp's 32 to fit in RAM"))
+    if s.opts.cache_ram_mib is None:
+        if left is None:
+            cache = PROMPT_CACHE_MAX_MIB
+        else:
+            cache = min(PROMPT_CACHE_MAX_MIB, max(0, left // MiB))
+            cache = cache if cache >= PROMPT_CACHE_MIN_MIB else 0
+            reasons.append(f"prompt cache: --cache-ram {cache} MiB, "
+                           + ("the RAM left after the plan (llama.cpp's default is 8192 MiB, filled after /health)"
+                              if 0 < cache < PROMPT_CACHE_MAX_MIB else
+                              "llama.cpp's 8192 MiB fits in the RAM left" if cache else
+                              "off: less than 256 MiB of RAM is left after the plan"))
+    extras = [b for b in est.buffers if b.detail.startswith(("projector", "draft", "LoRA", "MTP"))]
+    if extras:
+        by = {}
+        for b in extras:
+            what = b.detail.split(",")[0].split(" ")[0]
+            by[(what, b.device)] = by.get((what, b.device), 0) + b.bytes
+        reasons.append("beside the model: " + ", ".join(f"{w} {n / MiB:.0f} MiB on {d}" for (w, d), n in by.items())
+                       + " (counted before the context search)")
+    if (n_ckpt, cache) != (p.ctx_checkpoints, p.cache_ram_mib):
+        p = replace(p, ctx_checkpoints=n_ckpt, cache_ram_mib=cache)
+        est = estimate(s.spec, p, s.weights, s.opts.extras)
+    return est, p, reasons

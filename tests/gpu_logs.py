@@ -357,6 +357,8 @@ def checks_for(g: GpuLog) -> list[Check]:
         out.append(Check(g.name, what, device, _mib(pred), round(sum(p.mib for p in printed), 2), len(printed),
                          judged, reason))
 
+    # the excerpts print the model's own context: an MTP context's buffers (memory.add_extra_buffers) are left out
+    est.buffers = [b for b in est.buffers if not b.detail.startswith("MTP")]
     kv_pred = [b for b in est.buffers if b.kind == "kv" and not _is_rs(b)]
     if "kv_cells_from_log" in g.meta:
         kv_pred = kv_from_printed_cells(g, spec, est)

@@ -332,7 +332,8 @@ def test_args_error_exit_code():
 
 def test_to_server_args_defaults_exact():
     assert to_server_args(Params()) == ["-c", "0", "-np", "-1", "-ctk", "f16", "-ctv", "f16", "-fa", "auto",
-                                        "-ngl", "-1", "-b", "2048", "-ub", "512", "--fit", "on"]
+                                        "-ngl", "-1", "-b", "2048", "-ub", "512", "--cache-ram", "8192",
+                                        "--ctx-checkpoints", "32", "--fit", "on"]
 
 
 def test_to_server_args_everything_exact():
@@ -342,7 +343,8 @@ def test_to_server_args_everything_exact():
     assert to_server_args(p, model="/m/x.gguf") == [
         "-m", "/m/x.gguf", "-c", "8192", "-np", "2", "-ctk", "q8_0", "-ctv", "q4_0", "-fa", "on", "-ngl", "-2",
         "-b", "1024", "-ub", "256", "-no-kvu", "--swa-full", "--no-repack", "--load-mode", "none",
-        "--no-kv-offload", "-ts", "3,1", "--embedding", "--fit", "off"]
+        "--no-kv-offload", "-ts", "3,1", "--embedding", "--cache-ram", "8192", "--ctx-checkpoints", "32", "--fit",
+        "off"]
 
 
 ROUND_TRIP = [

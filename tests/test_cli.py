@@ -102,13 +102,14 @@ def test_check_without_server_binary(gemma_path, tmp_path):
 
 @pytest.mark.server
 def test_check_reports_a_failed_load(llama_server, gemma_path, tmp_path):
-    missing = tmp_path / "missing-mmproj.gguf"
-    r = autoctx("check", gemma_path, "-c", "4096", "--mmproj", str(missing), "--llama-server", llama_server)
+    missing = tmp_path / "missing-template.jinja"
+    r = autoctx("check", gemma_path, "-c", "4096", "--chat-template-file", str(missing), "--llama-server",
+                llama_server)
     assert r.returncode == 1
     warning, first, *rest = r.stderr.strip().splitlines()
-    assert warning == "autoctx: warning: not modelled (passed through as they are): --mmproj"
+    assert warning == "autoctx: warning: not modelled (passed through as they are): --chat-template-file"
     assert first.startswith("autoctx: error: llama-server exited with status 1 before it was ready; last lines:")
-    assert any(str(missing) in line for line in rest)  # the server's own last log lines are shown
+    assert any("LLAMA_ARG_CHAT_TEMPLATE_FILE" in line for line in rest)  # the server's own last lines are shown
 
 
 # --- plan ------------------------------------------------------------------------------------------------------
@@ -117,7 +118,8 @@ def test_plan_emit_args_exact(gemma_path):
     r = autoctx("plan", gemma_path, "--device", "cpu", "--free", "cpu=2GiB", "--emit", "args")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["-m", gemma_path, "-c", "32768", "-np", "1", "-ctk", "f16", "-ctv", "f16", "-fa",
-                                "auto", "-ngl", "0", "-b", "2048", "-ub", "512", "-no-kvu", "--fit", "off"]
+                                "auto", "-ngl", "0", "-b", "2048", "-ub", "512", "-no-kvu", "--cache-ram", "0",
+                                "--ctx-checkpoints", "32", "--fit", "off"]
 
 
 def test_plan_emit_modelfile_with_quantized_kv(shape_file):

@@ -113,7 +113,8 @@ def test_cpu_plan_and_emitted_args(spec_of):
     p = plan(spec, [Budget("CPU", 2 * GiB, GiB)])
     assert (p.num_ctx, p.cache_type_k, p.n_gpu_layers) == (32768, "f16", 0)
     assert p.llama_server_args() == ["-m", spec.path, "-c", "32768", "-np", "1", "-ctk", "f16", "-ctv", "f16",
-                                     "-fa", "auto", "-ngl", "0", "-b", "2048", "-ub", "512", "-no-kvu", "--fit", "off"]
+                                     "-fa", "auto", "-ngl", "0", "-b", "2048", "-ub", "512", "-no-kvu",
+                                     "--cache-ram", "0", "--ctx-checkpoints", "32", "--fit", "off"]
     assert p.modelfile() == f"FROM {spec.path}\nPARAMETER num_ctx 32768\n"
 
 

@@ -47,6 +47,20 @@ SPELLINGS: dict[str, tuple[str, ...]] = {
     "cpu_moe": ("-cmoe", "--cpu-moe"),
     "n_cpu_moe": ("-ncmoe", "--n-cpu-moe"),
     "n_cpu_ffn": ("-ncffn", "--n-cpu-ffn"),
+    # files beside the model and the host memory that grows after /health (memory.add_extra_buffers)
+    "mmproj": ("-mm", "--mmproj"),
+    "mmproj_offload": ("--mmproj-offload",),
+    "no_mmproj_offload": ("--no-mmproj-offload",),
+    "model_draft": ("-md", "--model-draft", "--spec-draft-model"),
+    "ngld": ("-ngld", "--gpu-layers-draft", "--n-gpu-layers-draft", "--spec-draft-ngl"),
+    "ctkd": ("-ctkd", "--cache-type-k-draft", "--spec-draft-type-k"),
+    "ctvd": ("-ctvd", "--cache-type-v-draft", "--spec-draft-type-v"),
+    "spec_type": ("--spec-type",),
+    "draft_n_max": ("--spec-draft-n-max",),
+    "lora": ("--lora",),
+    "lora_scaled": ("--lora-scaled",),
+    "cache_ram": ("-cram", "--cache-ram"),
+    "ctx_checkpoints": ("-ctxcp", "--ctx-checkpoints", "--swa-checkpoints"),
     "model": ("-m", "--model"),
 }
 _BY_SPELLING = {s: name for name, spellings in SPELLINGS.items() for s in spellings}
@@ -229,6 +243,8 @@ def parse_server_args(argv: list[str], base: Params | None = None) -> ParsedArgs
                 value = str(n)
             spelled = "-ot" if name == "ot" else SPELLINGS[name][1]
             p = replace(p, tensor_overrides=(*p.tensor_overrides, (spelled, value or "")))
+        elif name in _BESIDE:
+            p = _beside(p, name, flag, value)
         elif name == "model":
             out.model = value
     out.params = p
@@ -375,5 +391,76 @@ def to_server_args(p: Params, model: str | None = None) -> list[str]:
         argv.append("--embedding")
     for flag, value in p.tensor_overrides:  # in their order: the first matching pattern wins
         argv += [flag, value] if value else [flag]
+    argv += beside_args(p)
     argv += ["--fit", "on" if p.fit else "off"]
     return argv
+
+
+_BESIDE = ("mmproj", "mmproj_offload", "no_mmproj_offload", "model_draft", "ngld", "ctkd", "ctvd", "spec_type",
+           "draft_n_max", "lora", "lora_scaled", "cache_ram", "ctx_checkpoints")
+
+
+def _files(flag: str, value: str) -> tuple[str, ...]:
+    files = tuple(x.strip() for x in value.split(",") if x.strip())
+    if not files:
+        raise ArgsError(f"{flag} expects a file")
+    return files
+
+
+def _beside(p: Params, name: str, flag: str, value: str | None) -> Params:
+    """One flag of the files beside the model (--mmproj, -md, --lora...) or of the host prompt cache, as common/arg.cpp
+    reads it."""
+    from ...memory import SPEC_TYPES
+
+    if name == "mmproj":
+        return replace(p, mmproj=_files(flag, value or "")[0])
+    if name in ("mmproj_offload", "no_mmproj_offload"):
+        return replace(p, mmproj_offload=name == "mmproj_offload")
+    if name == "model_draft":
+        return replace(p, model_draft=_files(flag, value or "")[0])
+    if name == "ngld":
+        v = (value or "").lower()
+        return replace(p, draft_ngl=-1 if v == "auto" else -2 if v == "all" else _int(flag, value or ""))
+    if name in ("ctkd", "ctvd"):
+        t = (value or "").lower()
+        if t not in KV_TYPES:
+            raise ArgsError(f"{flag}: unsupported cache type {value!r} (allowed: {', '.join(KV_TYPES)})")
+        return replace(p, **{"cache_type_k_draft" if name == "ctkd" else "cache_type_v_draft": t})
+    if name == "spec_type":
+        types = tuple(x.strip() for x in (value or "").split(",") if x.strip())
+        bad = [t for t in types if t not in SPEC_TYPES]
+        if bad or not types:
+            raise ArgsError(f"{flag}: unknown speculative type {(bad or [value])[0]!r} "
+                            f"(known: {', '.join(SPEC_TYPES)})")
+        return replace(p, spec_types=tuple(dict.fromkeys((*p.spec_types, *(t for t in types if t != "none")))))
+    if name == "draft_n_max":
+        n = _int(flag, value or "")
+        if n < 0:
+            raise ArgsError(f"{flag} must be >= 0")
+        return replace(p, draft_n_max=n)
+    if name == "lora":
+        return replace(p, lora=(*p.lora, *_files(flag, value or "")))
+    if name == "lora_scaled":
+        items = _files(flag, value or "")
+        if any(len(x.split(":")) != 2 for x in items):
+            raise ArgsError(f"{flag} expects FNAME:SCALE[,FNAME:SCALE...], got {value!r}")
+        return replace(p, lora=(*p.lora, *(x.split(":")[0] for x in items)))
+    if name == "cache_ram":
+        return replace(p, cache_ram_mib=max(-1, _int(flag, value or "")))
+    return replace(p, ctx_checkpoints=max(0, _int(flag, value or "")))  # ctx_checkpoints
+
+
+def beside_args(p: Params) -> list[str]:
+    """The flags of the files beside the model and of the host prompt cache, explicitly (to_server_args)."""
+    argv: list[str] = []
+    if p.mmproj:
+        argv += ["--mmproj", p.mmproj] + ([] if p.mmproj_offload else ["--no-mmproj-offload"])
+    if p.model_draft:
+        argv += ["-md", p.model_draft, "-ctkd", p.cache_type_k_draft, "-ctvd", p.cache_type_v_draft]
+        if p.draft_ngl != -1:
+            argv += ["-ngld", "all" if p.draft_ngl < -1 else str(p.draft_ngl)]
+    if p.spec_types:
+        argv += ["--spec-type", ",".join(p.spec_types), "--spec-draft-n-max", str(p.draft_n_max)]
+    for f in p.lora:
+        argv += ["--lora", f]
+    return argv + ["--cache-ram", str(p.cache_ram_mib), "--ctx-checkpoints", str(p.ctx_checkpoints)]

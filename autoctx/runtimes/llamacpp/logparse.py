@@ -28,10 +28,17 @@ from dataclasses import dataclass, field
 MiB = 1024 * 1024
 
 _BUF = re.compile(
-    r"(?P<fn>load_tensors|llama_context|llama_kv_cache|sched_reserve|llama_memory_recurrent|graph_reserve)\w*:\s+"
-    r"(?P<name>\S+)\s+(?P<what>model|output|KV|compute|RS) buffer size =\s*(?P<mib>[0-9.]+) MiB"
+    r"(?P<fn>load_tensors|llama_context|llama_kv_cache|sched_reserve|llama_memory_recurrent|graph_reserve"
+    r"|llama_adapter_lora_init_impl|reserve_compute_meta)\w*:\s+"
+    r"(?P<name>\S+)\s+(?P<what>model|output|KV|compute|RS|LoRA) buffer size =\s*(?P<mib>[0-9.]+) MiB"
 )
-_KIND = {"model": "model", "output": "output", "KV": "kv", "RS": "kv", "compute": "compute"}
+_KIND = {"model": "model", "output": "output", "KV": "kv", "RS": "kv", "compute": "compute", "LoRA": "model"}
+# tools/mtmd/clip.cpp: the projector says its backend ("CLIP using CUDA0 backend" / "CLIP using CPU backend"), its
+# weights as "model size" (Σ nbytes of the file's tensors; the buffer itself is not printed), and its compute
+# buffers from reserve_compute_meta (a second reserve, when flash attention falls back, replaces the first)
+_CLIP_USING = re.compile(r"CLIP using (?P<name>\S+) backend")
+_CLIP_MODEL = re.compile(r"load_hparams: model size:\s+(?P<mib>[0-9.]+) MiB")
+CLIP_CONTEXT = -1  # LoggedBuffer.context of the projector's buffers
 _KV_SUMMARY = re.compile(
     r"llama_kv_cache: size =\s*(?P<mib>[0-9.]+) MiB \(\s*(?P<cells>\d+) cells,\s*(?P<layers>\d+) layers,\s*"
     r"(?P<seqs>\d+)/(?P<streams>\d+) seqs\), K \((?P<tk>\w+)\):\s*(?P<k>[0-9.]+) MiB, V \((?P<tv>\w+)\):\s*"
@@ -92,6 +99,7 @@ class LoggedBuffer:
     name: str  # as printed (CPU_Mapped, CUDA0, ...)
     mib: float  # as printed, 2 decimals
     source: str  # the function that printed it (load_tensors, llama_kv_cache, ...)
+    context: int = 0  # which llama_context printed it (1 = the model's, 2 = a draft/MTP one...; CLIP_CONTEXT)
 
     @property
     def bytes(self) -> int:
@@ -144,6 +152,8 @@ class ServerLog:
     breakdown: list[BreakdownRow] = field(default_factory=list)
     oom: list[str] = field(default_factory=list)
     devices_used: list[UsedDevice] = field(default_factory=list)
+    contexts: int = 0  # llama_contexts constructed so far ("constructing llama_context")
+    clip_device: str = "CPU"
 
     def mib(self, kind: str, device: str | None = None) -> float:
         return round(sum(b.mib for b in self.buffers if b.kind == kind and (device is None or b.device == device)), 2)
@@ -197,8 +207,27 @@ def _parse_line(log: ServerLog, line: str, breakdown: list[BreakdownRow]) -> Non
         m = _BUF.search(line)
         if m:
             name = m["name"]
-            log.buffers.append(LoggedBuffer(buffer_device(name, log.devices_used), _KIND[m["what"]], name,
-                                            float(m["mib"]), m["fn"]))
+            ctx = CLIP_CONTEXT if m["fn"] == "reserve_compute_meta" else log.contexts
+            buf = LoggedBuffer(buffer_device(name, log.devices_used), _KIND[m["what"]], name, float(m["mib"]),
+                               m["fn"], ctx)
+            if m["what"] == "compute":  # a context reserves again (a LoRA, a fallback): the same buffer, resized
+                log.buffers = [b for b in log.buffers if not (b.kind == "compute" and b.context == ctx
+                                                                and b.name == name and b.source == m["fn"])]
+            log.buffers.append(buf)
+            return
+    if "constructing llama_context" in line:
+        log.contexts += 1
+        return
+    if "CLIP using" in line:
+        m = _CLIP_USING.search(line)
+        if m:
+            log.clip_device = buffer_device(m["name"], log.devices_used)
+            return
+    if "model size:" in line:
+        m = _CLIP_MODEL.search(line)
+        if m:
+            log.buffers.append(LoggedBuffer(log.clip_device, "model", "CLIP", float(m["mib"]), "clip",
+                                            CLIP_CONTEXT))
             return
     if "llama_kv_cache: size" in line:
         m = _KV_SUMMARY.search(line)
