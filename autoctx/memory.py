@@ -787,6 +787,7 @@ _MROPE = ("qwen2vl", "paddleocr", "qwen3vl", "qwen3vlmoe", "qwen35", "qwen35moe"
 # and one hole, one more with pipeline parallelism (its inputs are allocated first, in four copies). The CPU closed
 # form's 5·E rows (compute_peak_floats) are these plus the two host-resident embedding inputs.
 _LIVE_E_FIRST, _LIVE_E_NEXT, _LIVE_E_NEXT_PP, _LIVE_E_CPU_FIRST = 4, 2, 3, 3
+_LIVE_E_ATTN_NEXT = 3  # the attention peak of a later device (its Q/K/V rows need no hole for the FFN's tensors)
 
 
 @dataclass(frozen=True)
@@ -838,7 +839,8 @@ def graph_inputs(spec: ModelSpec, p: Params, n_kv: int, n_kv_swa: int, n_tokens:
 def pipeline_parallel(spec: ModelSpec, p: Params, ngl: int) -> bool:
     """src/llama-context.cpp: more than one device, every layer offloaded (-ngl > n_layer, the output included), layer
     split, KV offloaded, no tensor overrides, and every device async with events (all GPU backends and RPC are)."""
-    return len(p.devices) > 1 and ngl > spec.n_layer and p.split_mode == "layer" and p.offload_kqv
+    return len(p.devices) > 1 and ngl > spec.n_layer and p.split_mode == "layer" and p.offload_kqv \
+        and not p.tensor_overrides
 
 
 def op_offload_device(p: Params, n_tokens: int) -> Device | None:
@@ -911,14 +913,18 @@ def device_compute_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], out
     copies = GGML_SCHED_MAX_COPIES if pp else 1
     devs = {d.name: d for d in p.devices}
     off = op_offload_device(p, T)
-    # which device runs each block's ops (the CPU blocks on the op-offload device when there is one)
+    # which backend runs each block's attention (the CPU blocks on the op-offload device when there is one), and its
+    # FFN: a block's FFN weights overridden to the CPU (-ot, --n-cpu-moe...) run their matmuls on the op-offload
+    # device with a copy of the weight, or on the CPU without one (the scheduler's "1.wgt" rule)
     runs = [(off.name if off is not None and d == CPU else d) for d in layer_dev]
+    ffn_on_cpu, offload_weight = _ffn_weights_on_cpu(spec, p, layer_dev, out_dev, off)
+    ffn_runs = [(CPU if off is None else off.name) if il in ffn_on_cpu else d for il, d in enumerate(runs)]
     inputs = graph_inputs(spec, p, n_kv, n_kv_swa, T, n_outputs, flash_attn)
     n_stream = 1 if p.kv_unified else p.n_parallel
     peaks = compute_peak_floats(spec, n_kv, T, n_outputs, flash_attn)
     out_floats = peaks.pop("output")
-    layer_peak = max(peaks.values())
-    attn = peaks["attn"]
+    attn = peaks.pop("attn")
+    ffn_peak = max(peaks.values(), default=0)
     first_dev = runs[0] if runs else out_dev
     last_dev = runs[-1] if runs else out_dev
     kv_dev = [(d if p.offload_kqv else CPU) for d in layer_dev]  # where each block's cache is
@@ -930,28 +936,35 @@ def device_compute_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], out
         return [g for g in inputs if (g.use == "embd" and dev == first_dev) or (g.use == "pos" and caches)
                 or (g.use.startswith("kv:") and g.use[3:] in caches) or (g.use == "out" and dev == last_dev)]
 
-    def activation(dev: str, live_e: int) -> int:
-        """The live set at the device's peak, in bytes: its blocks' closed-form peak with `live_e` rows of n_embd."""
+    def activation(dev: str, live_ffn: int, live_attn: int) -> int:
+        """The live set at the device's peak, in bytes: the closed-form peaks of what runs there, each with the live
+        n_embd rows of where it runs instead of the CPU closed form's five."""
         mine = [il for il, d in enumerate(runs) if d == dev]
-        if not mine:  # the output layer alone: its logits and the normed rows of the outputs
+        ffn = [il for il, d in enumerate(ffn_runs) if d == dev]
+        if not mine and not ffn:  # the output layer alone: its logits and the normed rows of the outputs
             return 4 * (spec.n_vocab * n_outputs + E * n_outputs)
-        cells = n_kv_swa if n_kv_swa and all(spec.is_swa[il] for il in mine) else n_kv
-        d = devs.get(dev)
-        floats = layer_peak
-        if flash_attn and d is not None and d.rules.fa_f16_copies:  # inside the FA node: freed with it
-            floats = max(floats, attn + _fa_f16_copy_floats(spec, p, cells, n_stream))
+        best = 4 * ffn_peak - (5 - live_ffn) * row if ffn else 0
+        if mine:
+            cells = n_kv_swa if n_kv_swa and all(spec.is_swa[il] for il in mine) else n_kv
+            d = devs.get(dev)
+            floats = attn
+            if flash_attn and d is not None and d.rules.fa_f16_copies:  # inside the FA node: freed with it
+                floats += _fa_f16_copy_floats(spec, p, cells, n_stream)
+            best = max(best, 4 * floats - (5 - live_attn) * row)
+            if any(kv_dev[il] != dev and spec.has_kv[il] for il in mine):  # -nkvo, or op-offloaded CPU blocks
+                # the copies are freed after the attention, but the layer's larger FFN tensors do not fit their
+                # hole: measured with -nkvo on RPC (the buffer grows by one layer's K and V views)
+                best += 4 * _kv_view_copy_floats(spec, p, cells, n_stream)
         if dev == out_dev:
-            floats = max(floats, out_floats)
-        if any(kv_dev[il] != dev and spec.has_kv[il] for il in mine):  # -nkvo, or op-offloaded CPU blocks
-            # the copies are freed after the attention, but the layer's larger FFN tensors do not fit their hole:
-            # measured with -nkvo on RPC (the buffer grows by one layer's K and V views)
-            floats += _kv_view_copy_floats(spec, p, cells, n_stream)
-        return 4 * floats - (5 - live_e) * row
+            best = max(best, 4 * out_floats - (5 - live_ffn) * row)
+        if off is not None and dev == off.name and ffn_on_cpu:
+            best += offload_weight  # an overridden weight's copy, live with the FFN's tensors
+        return best
 
     n_get_rows = 1 if spec.architecture in _NO_MIXED else 2  # get_rows of inp_tokens (and of inp_mixed_tokens)
     for d in p.devices:
         name = d.name
-        if name not in runs and name != out_dev:
+        if name not in runs and name not in ffn_runs and name != out_dev:
             continue
         # Without pipeline parallelism the embedding stage's copies and a boundary's rows are freed early (their
         # holes are in _LIVE_E_*); with it every split input stays, in 4 copies: the embedding stage's inputs and
@@ -959,23 +972,44 @@ def device_compute_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], out
         size = copies * sum(pad(g.bytes, d.alignment) for g in reads(name) if pp or g.use != "embd")
         if pp:
             size += copies * pad(row, d.alignment) * (n_get_rows if name == first_dev else 1)
-        live = _LIVE_E_FIRST if name == first_dev else (_LIVE_E_NEXT_PP if pp else _LIVE_E_NEXT)
-        size += activation(name, live)
+        if name == first_dev:
+            size += activation(name, _LIVE_E_FIRST, _LIVE_E_FIRST)
+        else:
+            size += activation(name, _LIVE_E_NEXT_PP if pp else _LIVE_E_NEXT, _LIVE_E_ATTN_NEXT)
         out.append(Buffer(name, "compute", size, d.buffer_name))
     host_dev = p.devices[0] if p.devices else None
     host_name = host_dev.host_buffer if host_dev is not None else CPU
     h_align = host_dev.backend.host_alignment if host_dev is not None and host_dev.has_host_buffer else CPU_ALIGNMENT
     host = copies * sum(pad(g.bytes, h_align) for g in inputs)
-    if first_dev != CPU:
-        host += n_get_rows * pad(row, h_align)
     if CPU in runs:  # CPU blocks without op offload: their live set, block 0's embedding stage included
-        host += activation(CPU, _LIVE_E_CPU_FIRST)
-    elif out_dev == CPU:  # -ngl 0 with op offload: the output rows (fewer than 32) stay on the CPU
-        host += 4 * (spec.n_vocab * n_outputs + E * n_outputs)
+        host += activation(CPU, _LIVE_E_CPU_FIRST, _LIVE_E_CPU_FIRST)
+    elif CPU in ffn_runs:  # only overridden FFN weights run on the CPU: their live set reuses the embedding rows
+        host += activation(CPU, 0, 0)
+    else:  # the get_rows outputs a device copies stay allocated
+        host += n_get_rows * pad(row, h_align)
+        if out_dev == CPU:  # -ngl 0 with op offload: the output rows (fewer than 32) stay on the CPU
+            host += 4 * (spec.n_vocab * n_outputs + E * n_outputs)
     if host_dev is not None and host_dev.has_host_buffer and host_dev.backend.host_extra:
         host += host_dev.backend.host_extra
     out.append(Buffer(CPU, "compute", host, host_name))
     return out
+
+
+def _ffn_weights_on_cpu(spec: ModelSpec, p: Params, layer_dev: list[str], out_dev: str,
+                        off: Device | None) -> tuple[set[int], int]:
+    """Blocks on a device whose FFN matmul weights tensor overrides put on the CPU (memory.tensor_devices), and the
+    largest such weight at the op-offload device's alloc size (what its compute buffer holds while the matmul runs
+    there: ggml-backend.cpp copies a split input from a host buffer). Without overrides: nothing."""
+    if not p.tensor_overrides:
+        return set(), 0
+    where = tensor_devices(spec, p, layer_dev, out_dev)
+    blocks: set[int] = set()
+    largest = 0
+    for t, li, d in zip(spec.tensors, spec.tensor_layer, where):
+        if 0 <= li < len(layer_dev) and layer_dev[li] != CPU and d == CPU and ".ffn_" in t.name and len(t.shape) >= 2:
+            blocks.add(li)
+            largest = max(largest, _alloc_size(off, t.type_name, t.nbytes, t.shape[0]) if off is not None else 0)
+    return blocks, largest
 
 
 # ----------------------------------------------------------------------------------------------------------------

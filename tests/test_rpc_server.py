@@ -57,6 +57,11 @@ CASES = [
     ("llama-sm-none", "llama-3.2-1b", [*SHAPE, "-c", "2048", "-np", "1", "-sm", "none"]),
     # partial offload with flash attention off: 8 blocks run on the CPU (its live set in the host buffer)
     ("llama-ngl8-faoff", "llama-3.2-1b", [*SHAPE, "-c", "2048", "-np", "1", "-ngl", "8", "-fa", "off"]),
+    # tensor overrides (no pipeline parallelism then): FFN weights of device blocks on the CPU, whose matmuls run
+    # there (RPC devices offload no ops): three blocks by -ot, every block by --n-cpu-ffn
+    ("llama-ot-ffn", "llama-3.2-1b", [*SHAPE, "-c", "2048", "-np", "1", "-ot",
+                                      r"blk\.1[0-2]\.ffn_(up|gate|down)=CPU"]),
+    ("qwen-ncpuffn", "qwen2.5-0.5b", [*SHAPE, "-c", "2048", "-np", "1", "--n-cpu-ffn", "24"]),
 ]
 CASE_IDS = [c[0] for c in CASES]
 
@@ -257,7 +262,7 @@ def test_rpc_compute_buffer_devices(rpc_run, case_id):
 @pytest.mark.parametrize("case_id", CASE_IDS)
 def test_rpc_pipeline_parallelism(rpc_run, case_id):
     """llama.cpp turns pipeline parallelism on (4 copies of every input) exactly where memory.pipeline_parallel says:
-    more than one device, every layer offloaded, layer split, KV offloaded."""
+    more than one device, every layer offloaded, layer split, KV offloaded, no tensor overrides."""
     est, m, _, _ = rpc_run(case_id)
     pp = pipeline_parallel(est.spec, est.params, est.n_gpu_layers)
     assert ("pipeline parallelism enabled" in m.log_text) == pp
