@@ -62,6 +62,9 @@ CASES = [
     ("llama-ot-ffn", "llama-3.2-1b", [*SHAPE, "-c", "2048", "-np", "1", "-ot",
                                       r"blk\.1[0-2]\.ffn_(up|gate|down)=CPU"]),
     ("qwen-ncpuffn", "qwen2.5-0.5b", [*SHAPE, "-c", "2048", "-np", "1", "--n-cpu-ffn", "24"]),
+    # -ngl 0 beside two devices that offload no ops: the CPU runs the whole graph (the CPU closed form), the devices
+    # reserve no compute buffer
+    ("qwen-ngl0", "qwen2.5-0.5b", [*SHAPE, "-c", "2048", "-np", "1", "-ngl", "0"]),
 ]
 CASE_IDS = [c[0] for c in CASES]
 
@@ -245,7 +248,8 @@ def test_rpc_estimate_cli_names_rpc_devices(rpc_run, rpc_endpoints):
 # Compute buffers per device (memory.device_compute_buffers): the host buffer (the CPU backend) is exact when the CPU
 # runs no block (graph inputs × copies + the get_rows outputs a device copies); a device's buffer (its split inputs ×
 # copies + the closed-form activation peak) and a host buffer holding CPU blocks within 10 %.
-_NO_COMPUTE = {("qwen-ngl1-output-only", "RPC0"), ("llama-sm-none", "RPC1")}  # these devices hold nothing
+_NO_COMPUTE = {("qwen-ngl1-output-only", "RPC0"), ("llama-sm-none", "RPC1"),  # these devices run nothing
+               ("qwen-ngl0", "RPC0"), ("qwen-ngl0", "RPC1")}
 COMPUTE_CASES = [(c, d) for c in CASE_IDS for d in ("RPC0", "RPC1", "CPU") if (c, d) not in _NO_COMPUTE]
 
 
