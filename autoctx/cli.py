@@ -233,6 +233,17 @@ def plan(
     chart: str = typer.Option("", "--chart", help="write the memory-vs-context chart to FILE.svg or FILE.png "
                               "(replaced atomically; a symbolic link at FILE is refused)"),
     no_repack: bool = typer.Option(False, "--no-repack", help="plan for llama-server --no-repack"),
+    mmproj: str = typer.Option("", "--mmproj", help="plan with this multimodal projector (a clip GGUF) loaded too; "
+                               "on the first GPU unless --no-mmproj-offload"),
+    no_mmproj_offload: bool = typer.Option(False, "--no-mmproj-offload", help="the projector on the CPU"),
+    model_draft: str = typer.Option("", "--model-draft", "-md", help="plan with this draft model for speculative "
+                                    "decoding (emits --spec-type draft-simple)"),
+    lora: Optional[List[str]] = typer.Option(None, "--lora", help="plan with this LoRA adapter (repeatable)"),
+    cache_ram: Optional[int] = typer.Option(None, "--cache-ram", help="llama-server's host prompt cache in MiB, "
+                                            "counted in the RAM budget (-1 no limit, 0 off; default: the RAM left "
+                                            "after the plan, at most 8192)"),
+    ctx_checkpoints: Optional[int] = typer.Option(None, "--ctx-checkpoints", help="context checkpoints per slot, "
+                                                  "counted in the RAM budget (default: up to 32, as many as fit)"),
 ) -> None:
     """The largest safe context, the KV cache type and the GPU layers for MODEL on this machine (or --free)."""
     from .budgets import budgets_from
@@ -260,6 +271,8 @@ def plan(
     from .resolve import resolve
 
     spec = resolve(model)
+    opts = _beside(opts, spec, runtime, mmproj, no_mmproj_offload, model_draft, lora or [], cache_ram,
+                   ctx_checkpoints)
     p = run_plan(spec, budgets, opts)
     args = p.llama_server_args()
     modelfile = p.modelfile()
@@ -677,6 +690,27 @@ def _write_chart(path: str, p, svg_chart) -> None:
         if isinstance(e, OSError):
             raise AutoctxError(f"cannot write --chart {path}: {e.strerror or e}") from None
         raise
+
+
+def _beside(opts, spec, runtime: str, mmproj: str, no_offload: bool, draft: str, lora: List[str],
+            cache_ram: Optional[int], checkpoints: Optional[int]):
+    """plan's --mmproj/--model-draft/--lora/--cache-ram/--ctx-checkpoints as llama-server would take them
+    (serve.beside_options); a draft model comes with --spec-type draft-simple, without which llama-server frees it."""
+    from .memory import Params
+    from .runtimes.llamacpp.args import parse_server_args
+    from .serve import beside_options
+
+    if runtime == "ollama" and (draft or lora or cache_ram is not None or checkpoints is not None):
+        raise ArgsError("--model-draft/--lora/--cache-ram/--ctx-checkpoints are llama-server flags: an Ollama "
+                        "Modelfile has none")
+    argv = (["--mmproj", mmproj] if mmproj else []) + (["--no-mmproj-offload"] if no_offload else [])
+    argv += ["-md", draft, "--spec-type", "draft-simple"] if draft else []
+    argv += [a for f in lora for a in ("--lora", f)]
+    argv += ["--cache-ram", str(cache_ram)] if cache_ram is not None else []
+    argv += ["--ctx-checkpoints", str(checkpoints)] if checkpoints is not None else []
+    if not argv:
+        return opts
+    return beside_options(parse_server_args(argv, base=Params()), opts, spec)
 
 
 def estimate_json(est) -> dict:

@@ -148,3 +148,15 @@ def write_header_gguf(shape: HeaderShape, path: str | Path) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def header_file(shape: HeaderShape, path: str = ""):
+    """The GGUFFile a written HeaderShape reads back as (offsets aligned to 32), without writing it."""
+    from .gguf import GGUFFile, TensorInfo
+
+    tensors, offset = [], 0
+    for name, shp, ggml_type in shape.tensors:
+        nbytes = tensor_bytes(ggml_type, shp)
+        tensors.append(TensorInfo(name, shp, ggml_type, offset, nbytes))
+        offset += (nbytes + 31) // 32 * 32
+    return GGUFFile([path or f"shape:{shape.name}"], 3, "<", dict(shape.metadata), tensors, 32, [0], [offset])

@@ -178,3 +178,46 @@ def load_extras(params, model: ModelSpec | None = None) -> Extras:
                 if not ok:
                     raise UnsupportedModel(f"{lo.path}: LoRA tensor {clip(name)} has the wrong shape for this model")
     return Extras(projector, draft, loras)
+
+
+PROJECTOR_MEDIA = "application/vnd.ollama.image.projector"
+# Ollama's own GGUFs (its new engine) may carry the vision tower inside the model blob, under `<arch>.vision.*` keys;
+# Ollama ≥ 0.30 then passes the model blob itself as --mmproj. The projector type by text architecture (UNVERIFIED:
+# read from Ollama's model code, not from a loaded blob).
+INLINE_PROJECTOR_TYPES = {"gemma3": "gemma3", "qwen25vl": "qwen2.5vl_merger", "qwen3vl": "qwen3vl_merger",
+                          "mistral3": "pixtral", "llama4": "llama4"}
+
+
+def inline_projector(f: GGUFFile) -> ProjectorSpec | None:
+    """The vision tower inside a model GGUF (tensors v.* and mm.*, keys <arch>.vision.*), or None."""
+    arch = f.metadata.get("general.architecture")
+    tensors = tuple(t for t in f.tensors if t.name.startswith(("v.", "mm.")))
+    if not tensors or not isinstance(arch, str) or f"{arch}.vision.block_count" not in f.metadata:
+        return None
+
+    def k(name: str, default: int = 0) -> int:
+        return _int(f, f"{arch}.vision.{name}", default)
+
+    ptype = INLINE_PROJECTOR_TYPES.get(arch, arch)
+    enc = Encoder("vision", ptype, k("embedding_length"), k("feed_forward_length"), k("attention.head_count"),
+                  k("block_count"), k("image_size"), k("patch_size"),
+                  max(1, k("spatial_merge_size", DEFAULT_N_MERGE.get(ptype, 1))))
+    return ProjectorSpec(f.path, "inline vision tower", (enc,), tensors)
+
+
+def ollama_projector(name: str, model: ModelSpec) -> tuple[str, ProjectorSpec] | None:
+    """What Ollama ≥ 0.30 passes as --mmproj for a pulled model (llm/llama_server.go: the first projector layer; a
+    model blob with its vision tower inside is passed itself): (the path, the projector), or None."""
+    from .runtimes.ollama.store import OllamaModelError, find_model
+
+    try:
+        found = find_model(name)
+    except OllamaModelError:
+        return None  # not in the local store (a remote server's model): nothing to read
+    layers = found.layers(PROJECTOR_MEDIA)
+    if layers:
+        path = str(found.blob(layers[0]))
+        return path, load_projector(path)
+    inline = inline_projector(read_gguf(str(found.gguf))) if any(t.name.startswith("v.") for t in model.tensors) \
+        else None
+    return (str(found.gguf), inline) if inline else None

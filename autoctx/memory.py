@@ -233,6 +233,7 @@ class Params:
     lora: tuple[str, ...] = ()
     cache_ram_mib: int = 8192
     ctx_checkpoints: int = 32
+    warmup: bool = True  # --no-warmup: the projector reserves its compute buffer at the first image, not at load
 
     def resolved(self) -> "Params":
         """Apply llama-server's defaults and adjustments, in its order.
@@ -1154,7 +1155,8 @@ def projector_buffers(proj: ProjectorSpec, p: Params) -> tuple[list[Buffer], lis
         compute = projector_compute_bytes(enc, fa) if enc.modality == "vision" else 0
         if compute:
             out.append(Buffer(name, "compute", compute, "CLIP",
-                              f"projector {enc.modality}, {enc.warmup_tokens} patches"))
+                              f"projector {enc.modality}, {enc.warmup_tokens} patches"
+                              + ("" if p.warmup else ", at the first image (--no-warmup)")))
         from .extras import CALIBRATED
 
         if enc.modality == "audio":
@@ -1270,11 +1272,14 @@ def add_extra_buffers(est: Estimate, extras: Extras | None) -> None:
         est.buffers.append(Buffer(est.output_device, "compute", compute, est.output_device, "MTP context"))
         est.notes.append("MTP context: KV of the NextN blocks exact; its compute buffer assumed the main graph's "
                          "peak (not measured)")
+    first_image = []
     if extras is not None and extras.projector is not None:
         bufs, notes = projector_buffers(extras.projector, p)
-        est.buffers += bufs
+        # clip_init warms up (reserves its compute buffer) only with warmup; else the first image allocates it
+        first_image = [b for b in bufs if b.kind == "compute" and not p.warmup]
+        est.buffers += [b for b in bufs if b not in first_image]
         est.notes += notes
-    est.later = host_growth(est, draft)
+    est.later = first_image + host_growth(est, draft)
 
 
 def extras_has(extras: Extras | None, what: str) -> bool:

@@ -13,15 +13,19 @@ def _g(n: float) -> str:
 
 def plan_table(p: Plan) -> str:
     est = p.estimate
-    head = f"{'device':<8}{'weights':>10}{'KV':>10}{'compute':>10}{'output':>10}{'total':>10}{'margin':>10}" \
-           f"{'free':>10}{'left':>10}   (GiB)"
+    head = f"{'device':<8}{'weights':>10}{'KV':>10}{'compute':>10}{'output':>10}{'later':>10}{'total':>10}" \
+           f"{'margin':>10}{'free':>10}{'left':>10}   (GiB)"
     lines = [head]
     for b in p.budgets:
         w, kv, c, o = (sum(x.resident_bytes for x in est.buffers if x.kind == k and x.device == b.device)
                        for k in ("model", "kv", "compute", "output"))
-        total = w + kv + c + o
-        lines.append(f"{b.device:<8}{_g(w):>10}{_g(kv):>10}{_g(c):>10}{_g(o):>10}{_g(total):>10}"
+        later = est.later_bytes(b.device)  # prompt cache and checkpoints, filled after /health
+        total = w + kv + c + o + later
+        lines.append(f"{b.device:<8}{_g(w):>10}{_g(kv):>10}{_g(c):>10}{_g(o):>10}{_g(later):>10}{_g(total):>10}"
                      f"{_g(b.margin_bytes):>10}{_g(b.free_bytes):>10}{_g(b.usable - total):>10}")
+    if any(est.later):
+        lines.append("  later: llama-server's prompt cache and context checkpoints, filled after /health "
+                     "(--cache-ram, --ctx-checkpoints)")
     return "\n".join(lines)
 
 

@@ -102,6 +102,21 @@ def user_overrides(parsed: ParsedArgs, opts: PlanOptions) -> PlanOptions:
     return opts
 
 
+def beside_options(parsed: ParsedArgs, opts: PlanOptions, spec) -> PlanOptions:
+    """The user's files beside the model (--mmproj, -md, --lora, --spec-type...) read and counted on every candidate
+    of the plan; their --cache-ram and --ctx-checkpoints kept (and counted), else sized from the RAM the plan
+    leaves (planner.host_cache)."""
+    from .extras import load_extras
+    from .runtimes.llamacpp.args import BESIDE_FIELDS
+
+    p, ex = parsed.params, parsed.explicit
+    extras = load_extras(p, spec)
+    return replace(opts, beside={**opts.beside, **{f: getattr(p, f) for f in BESIDE_FIELDS}},
+                   extras=extras if extras else opts.extras,
+                   cache_ram_mib=p.cache_ram_mib if "cache_ram" in ex else opts.cache_ram_mib,
+                   ctx_checkpoints=p.ctx_checkpoints if "ctx_checkpoints" in ex else opts.ctx_checkpoints)
+
+
 def merged_argv(plan_args: list[str], user_args: list[str]) -> list[str]:
     """The plan's arguments without the flags the user set, then the user's own, in their order."""
     from .runtimes.llamacpp.args import without_flags
@@ -135,6 +150,7 @@ def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: li
     tolerance)."""
     parsed = parse_server_args(user_args)
     opts = user_overrides(parsed, opts)
+    opts = beside_options(parsed, opts, spec)
     notes: list[str] = []
     profile: Profile | None = None
     key: ProfileKey | None = None

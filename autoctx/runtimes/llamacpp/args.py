@@ -61,6 +61,8 @@ SPELLINGS: dict[str, tuple[str, ...]] = {
     "lora_scaled": ("--lora-scaled",),
     "cache_ram": ("-cram", "--cache-ram"),
     "ctx_checkpoints": ("-ctxcp", "--ctx-checkpoints", "--swa-checkpoints"),
+    "no_warmup": ("--no-warmup",),
+    "warmup": ("--warmup",),
     "model": ("-m", "--model"),
 }
 _BY_SPELLING = {s: name for name, spellings in SPELLINGS.items() for s in spellings}
@@ -396,8 +398,11 @@ def to_server_args(p: Params, model: str | None = None) -> list[str]:
     return argv
 
 
+# the Params fields of the files beside the model (what a plan carries over from the user's arguments)
+BESIDE_FIELDS = ("mmproj", "mmproj_offload", "model_draft", "draft_ngl", "cache_type_k_draft", "cache_type_v_draft",
+                 "spec_types", "draft_n_max", "lora")
 _BESIDE = ("mmproj", "mmproj_offload", "no_mmproj_offload", "model_draft", "ngld", "ctkd", "ctvd", "spec_type",
-           "draft_n_max", "lora", "lora_scaled", "cache_ram", "ctx_checkpoints")
+           "draft_n_max", "lora", "lora_scaled", "cache_ram", "ctx_checkpoints", "no_warmup", "warmup")
 
 
 def _files(flag: str, value: str) -> tuple[str, ...]:
@@ -445,6 +450,8 @@ def _beside(p: Params, name: str, flag: str, value: str | None) -> Params:
         if any(len(x.split(":")) != 2 for x in items):
             raise ArgsError(f"{flag} expects FNAME:SCALE[,FNAME:SCALE...], got {value!r}")
         return replace(p, lora=(*p.lora, *(x.split(":")[0] for x in items)))
+    if name in ("warmup", "no_warmup"):
+        return replace(p, warmup=name == "warmup")
     if name == "cache_ram":
         return replace(p, cache_ram_mib=max(-1, _int(flag, value or "")))
     return replace(p, ctx_checkpoints=max(0, _int(flag, value or "")))  # ctx_checkpoints
@@ -463,4 +470,6 @@ def beside_args(p: Params) -> list[str]:
         argv += ["--spec-type", ",".join(p.spec_types), "--spec-draft-n-max", str(p.draft_n_max)]
     for f in p.lora:
         argv += ["--lora", f]
+    if not p.warmup:
+        argv.append("--no-warmup")
     return argv + ["--cache-ram", str(p.cache_ram_mib), "--ctx-checkpoints", str(p.ctx_checkpoints)]

@@ -99,7 +99,7 @@ class LoggedBuffer:
     name: str  # as printed (CPU_Mapped, CUDA0, ...)
     mib: float  # as printed, 2 decimals
     source: str  # the function that printed it (load_tensors, llama_kv_cache, ...)
-    context: int = 0  # which llama_context printed it (1 = the model's, 2 = a draft/MTP one...; CLIP_CONTEXT)
+    context: int = 0  # the llama_context it belongs to (1: the model's, 2: a draft's...; CLIP_CONTEXT: the projector)
 
     @property
     def bytes(self) -> int:
@@ -208,6 +208,8 @@ def _parse_line(log: ServerLog, line: str, breakdown: list[BreakdownRow]) -> Non
         if m:
             name = m["name"]
             ctx = CLIP_CONTEXT if m["fn"] == "reserve_compute_meta" else log.contexts
+            if m["fn"] in ("load_tensors", "llama_adapter_lora_init_impl"):
+                ctx += 1  # weights are loaded before the model's (or the draft's) context is constructed
             buf = LoggedBuffer(buffer_device(name, log.devices_used), _KIND[m["what"]], name, float(m["mib"]),
                                m["fn"], ctx)
             if m["what"] == "compute":  # a context reserves again (a LoRA, a fallback): the same buffer, resized

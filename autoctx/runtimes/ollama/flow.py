@@ -60,6 +60,11 @@ def ollama_plan(model, free, device, margin, max_ctx, min_ctx, say, timeout: flo
     opts = PlanOptions(runtime="ollama", max_ctx=max_ctx or srv.context_length or None, min_ctx=min_ctx,
                        kv_forced=(kv, kv), n_parallel=srv.num_parallel,
                        flash_attn="on" if kv != "f16" else srv.flash_attention, cpu_repack=host_repack_rules())
+    from ...extras import Extras, ollama_projector
+
+    proj = ollama_projector(model, spec)  # Ollama loads it with --mmproj: counted on the GPU it offloads to
+    if proj is not None:
+        opts = dc_replace(opts, beside={"mmproj": proj[0]}, extras=Extras(projector=proj[1]))
     p = run_plan(spec, budgets, opts)
     p.reasons += corrections
     p.profile_key = key
