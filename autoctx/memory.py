@@ -14,7 +14,9 @@ This is the one module that mirrors llama.cpp (the pinned build, autoctx/data/pi
                           src/llama-kv-cache-iswa.cpp (SWA cache size), src/llama-memory-recurrent.cpp (R/S state)
 - output buffer ........ src/llama-context.cpp output_reserve (logits n_vocab × n_seq_max × f32, host memory)
 - compute buffer ....... src/llama-context.cpp sched_reserve + src/llama-graph.cpp; see `compute_bytes` for the
-                          model we use (a closed form calibrated on measured runs, not an allocator simulation)
+                          model we use (a closed form calibrated on measured runs, not an allocator simulation);
+                          with devices, ggml/src/ggml-backend.cpp (the scheduler: graph inputs on the host, split
+                          inputs copied, pipeline-parallel copies, op offload): see `device_compute_buffers`
 
 No I/O here: callers pass the ModelSpec and resolved parameters.
 """
