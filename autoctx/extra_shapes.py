@@ -15,7 +15,6 @@ prints the buffers it would print for the real file; the weights read as zeros.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,48 +105,14 @@ def lora_adapter(base: Any, rank: int = 16, targets: tuple[str, ...] = ("attn_q"
 def write_header_gguf(shape: HeaderShape, path: str | Path) -> Path:
     """Write `shape` as a GGUF whose tensor data is a sparse hole (as autoctx.shapes.write_shape_gguf)."""
     import gguf
-    import numpy as np
 
-    path = Path(path)
-    vt = gguf.GGUFValueType
+    from .shapes import _add_metadata, write_sparse
+
     writer = gguf.GGUFWriter(None, shape.arch)  # adds general.architecture itself
     for key, value in shape.metadata.items():
-        if key == "general.architecture":
-            continue
-        if isinstance(value, bool):
-            writer.add_key_value(key, value, vt.BOOL)
-        elif isinstance(value, int):
-            writer.add_key_value(key, value, vt.UINT32)
-        elif isinstance(value, float):
-            writer.add_key_value(key, value, vt.FLOAT32)
-        elif isinstance(value, str):
-            writer.add_key_value(key, value, vt.STRING)
-        else:
-            sub = vt.FLOAT32 if isinstance(value[0], float) else vt.INT32
-            writer.add_key_value(key, list(value), vt.ARRAY, sub_type=sub)
-    align = writer.data_alignment
-    data_size = 0
-    for name, shp, ggml_type in shape.tensors:
-        nbytes = tensor_bytes(ggml_type, shp)
-        writer.add_tensor_info(name, tuple(reversed(shp)), np.dtype(np.float32), nbytes,
-                               raw_dtype=gguf.GGMLQuantizationType(ggml_type))
-        data_size += writer.ggml_pad(nbytes, align)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    try:
-        writer.write_header_to_file(tmp)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        assert writer.fout is not None
-        header_size = writer.ggml_pad(writer.fout[0].tell(), align)
-        writer.close()
-        os.truncate(tmp, header_size + data_size)
-        os.replace(tmp, path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+        if key != "general.architecture":
+            _add_metadata(writer, gguf, key, value)
+    return write_sparse(writer, list(shape.tensors), Path(path))
 
 
 def header_file(shape: HeaderShape, path: str = ""):

@@ -990,7 +990,6 @@ def write_shape_gguf(shape: Shape, path: str | Path) -> Path:
     concurrent writers of the same shape do not clash.
     """
     import gguf
-    import numpy as np
 
     path = Path(path)
     tokens, types = _stand_in_vocab(shape)
@@ -1004,13 +1003,22 @@ def write_shape_gguf(shape: Shape, path: str | Path) -> Path:
     writer.add_key_value("tokenizer.ggml.scores", [0.0] * shape.n_vocab, vt.ARRAY, sub_type=vt.FLOAT32)
     writer.add_key_value("tokenizer.ggml.token_type", types, vt.ARRAY, sub_type=vt.INT32)
 
+    return write_sparse(writer, [(t.name, t.shape, t.ggml_type) for t in shape.tensors], path)
+
+
+def write_sparse(writer: Any, tensors: list[tuple[str, tuple[int, ...], int]], path: Path) -> Path:
+    """Add the tensor infos (name, GGML-order shape, ggml type) to a gguf.GGUFWriter that holds the metadata, write
+    the header to a temporary file beside `path`, extend it with a hole for the data and rename it over `path`."""
+    import gguf
+    import numpy as np
+
     align = writer.data_alignment
     data_size = 0
-    for t in shape.tensors:
-        nbytes = t.nbytes
+    for name, shp, ggml_type in tensors:
+        nbytes = tensor_bytes(ggml_type, shp)
         # numpy order (outermost first), as GGUFWriter expects; raw_dtype carries the ggml type
-        writer.add_tensor_info(t.name, tuple(reversed(t.shape)), np.dtype(np.float32), nbytes,
-                               raw_dtype=gguf.GGMLQuantizationType(t.ggml_type))
+        writer.add_tensor_info(name, tuple(reversed(shp)), np.dtype(np.float32), nbytes,
+                               raw_dtype=gguf.GGMLQuantizationType(ggml_type))
         data_size += writer.ggml_pad(nbytes, align)
 
     path.parent.mkdir(parents=True, exist_ok=True)
