@@ -860,6 +860,8 @@ def _fa_f16_copy_floats(spec: ModelSpec, p: Params, cells: int, n_stream: int) -
     kernels convert a quantized K and V of the layer to f16 inside the FA node's allocation (nelements × 2 bytes
     each, 128-aligned; V shares K's copy when it is a view of K, as with MLA). In f32 elements (÷ 4), for the
     widest layer."""
+    if not is_quantized(p.cache_type_k) and not is_quantized(p.cache_type_v):
+        return 0
     k = max((spec.n_embd_k_gqa(il) for il in range(spec.n_layer) if spec.has_kv[il]), default=0)
     v = spec.n_embd_v_gqa_max()
     total = 0
