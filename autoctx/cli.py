@@ -233,6 +233,14 @@ def plan(
     chart: str = typer.Option("", "--chart", help="write the memory-vs-context chart to FILE.svg or FILE.png "
                               "(replaced atomically; a symbolic link at FILE is refused)"),
     no_repack: bool = typer.Option(False, "--no-repack", help="plan for llama-server --no-repack"),
+    override_tensor: Optional[List[str]] = typer.Option(None, "-ot", "--override-tensor", help="plan for "
+                                                        "llama-server -ot PATTERN=BUFFER_TYPE[,...] (repeatable; "
+                                                        "matched before the flags below, the first match wins)"),
+    cpu_moe: bool = typer.Option(False, "--cpu-moe", help="plan with every MoE expert on the CPU"),
+    n_cpu_moe: Optional[int] = typer.Option(None, "--n-cpu-moe", help="plan with the experts of the first N blocks on "
+                                            "the CPU (default: for a MoE model the plan picks N)"),
+    n_cpu_ffn: Optional[int] = typer.Option(None, "--n-cpu-ffn", help="plan with the FFN of the first N blocks on "
+                                            "the CPU"),
     mmproj: str = typer.Option("", "--mmproj", help="plan with this multimodal projector (a clip GGUF) loaded too; "
                                "on the first GPU unless --no-mmproj-offload"),
     no_mmproj_offload: bool = typer.Option(False, "--no-mmproj-offload", help="the projector on the CPU"),
@@ -262,12 +270,15 @@ def plan(
     forced = _kv_pair(kv_type, "--kv-type") if kv_type else None
     if forced and runtime == "ollama" and forced[0] != forced[1]:
         raise ArgsError(f"--kv-type {kv_type}: Ollama uses one type for K and V")
+    overrides = _tensor_overrides(override_tensor or [], cpu_moe, n_cpu_moe, n_cpu_ffn)
+    if overrides and runtime == "ollama":
+        raise ArgsError("-ot/--cpu-moe/--n-cpu-moe/--n-cpu-ffn are llama-server flags: an Ollama Modelfile has none")
     if chart:
         _chart_mode(chart)  # a bad --chart is said before the plan is made
     budgets = budgets_from(free or [], device, margin, warn=_warn)
     opts = PlanOptions(runtime=runtime, max_ctx=max_ctx or None, min_ctx=min_ctx, **_kv_policy(kinds, runtime),
                        kv_forced=forced, n_parallel=parallel, n_ubatch=ubatch, repack=not no_repack,
-                       cpu_repack=host_repack_rules())
+                       cpu_repack=host_repack_rules(), tensor_overrides=overrides)
     from .resolve import resolve
 
     spec = resolve(model)
@@ -597,6 +608,19 @@ def _quote(a: str) -> str:
     import shlex
 
     return shlex.quote(a)
+
+
+def _tensor_overrides(ot: List[str], cpu_moe: bool, n_cpu_moe: Optional[int],
+                      n_cpu_ffn: Optional[int]) -> tuple[tuple[str, str], ...]:
+    """plan's override options as memory.Params.tensor_overrides, in the order plan emits them (-ot first), checked
+    as llama-server checks them."""
+    from .memory import Params
+    from .runtimes.llamacpp.args import parse_server_args
+
+    argv = [a for v in ot for a in ("-ot", v)] + (["--cpu-moe"] if cpu_moe else [])
+    argv += ["--n-cpu-moe", str(n_cpu_moe)] if n_cpu_moe is not None else []
+    argv += ["--n-cpu-ffn", str(n_cpu_ffn)] if n_cpu_ffn is not None else []
+    return parse_server_args(argv, base=Params()).params.tensor_overrides
 
 
 def _kv_pair(text: str, flag: str = "--kv-type") -> tuple[str, str]:

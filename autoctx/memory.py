@@ -126,6 +126,7 @@ def known_backends() -> str:
     return ", ".join(("MTL (Metal)" if b == "MTL" else b) for b in BACKENDS if b != "CPU")
 
 
+@lru_cache(maxsize=256)  # asked once per tensor placed (Device.backend, .rules): the planner places thousands
 def backend_of(name: str) -> Backend:
     """The backend of a device named as llama.cpp prints it (CUDA0, Vulkan1, MTL0, RPC0, RPC0[host:port])."""
     prefix = name.split("[", 1)[0].rstrip("0123456789")

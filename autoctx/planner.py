@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import AutoctxError
-from .memory import CPU, FFN_EXPS_REGEX, Device, Estimate, Params, estimate, layer_devices, resolve_ngl, \
-    tensor_devices
+from .memory import CPU, FFN_EXPS_REGEX, Device, Estimate, Params, buft_overrides, estimate, layer_devices, \
+    resolve_ngl, tensor_devices
 from .model import ModelSpec
 
 GiB = 1024**3
@@ -260,6 +260,7 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
     if not budgets:
         raise PlanError("no device to plan for")
     s = _Search(spec, budgets, opts)
+    buft_overrides(s.base)  # a bad -ot buffer type is the user's error, said as such (not a KV type refused)
     reasons: list[str] = []
     if opts.fixed_ctx and opts.max_ctx:  # the user's -c: kept even beyond n_ctx_train
         target = min_ctx = max(256, -(-opts.max_ctx // 256) * 256)
@@ -352,8 +353,10 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
     if s.gpus:
         gpu_s = "GPU" + ("s" if len(s.gpus) > 1 else "")
         cpu_read, all_read = token_reads(spec, est.params)
+        given = " ".join(f"{flag} {value}".strip() for flag, value in opts.tensor_overrides)
         if ngl == all_layers and not n_cpu_moe:
-            reasons.append(f"all {spec.n_layer} layers + output on the {gpu_s}")
+            reasons.append(f"all {spec.n_layer} layers + output on the {gpu_s}"
+                           + (f", but for the tensors {given} places" if given else ""))
         elif ngl == all_layers:
             reasons.append(f"all {spec.n_layer} layers' attention and KV cache + output on the {gpu_s}, the experts "
                            f"of the first {n_cpu_moe} on the CPU (--n-cpu-moe {n_cpu_moe}): the fewest that leave room "

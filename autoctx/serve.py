@@ -99,6 +99,8 @@ def user_overrides(parsed: ParsedArgs, opts: PlanOptions) -> PlanOptions:
         opts = replace(opts, repack=p.repack)
     if "ngl" in ex and p.n_gpu_layers >= 0:
         opts = replace(opts, fixed_ngl=p.n_gpu_layers)
+    if ex & {"ot", "cpu_moe", "n_cpu_moe", "n_cpu_ffn"}:  # the user placed tensors: kept, no expert lever
+        opts = replace(opts, tensor_overrides=p.tensor_overrides)
     return opts
 
 
