@@ -141,7 +141,7 @@ def refusal(arch: str) -> str:
         return f"architecture {name} is out of scope: {why}; autoctx plans decoder text generation"
     if status == "not modelled":
         return f"architecture {name} is not modelled yet"
-    return f"architecture {name} is unknown: {why}"
+    return f"architecture {name} is not supported: {why}"
 
 _BLK = re.compile(r"^blk\.(\d+)\.")
 _OUTPUT_NAMES = ("output.", "output_norm.", "cls.", "cls_out.", "cls_norm.")

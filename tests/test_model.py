@@ -97,7 +97,8 @@ def test_hybrid_recurrent_layers_have_no_kv(tmp_path):
 
 
 def test_unknown_architecture_is_named(tmp_path):
-    with pytest.raises(UnsupportedModel, match="architecture 'frobnet' is unknown: not an architecture of the pinned"):
+    with pytest.raises(UnsupportedModel,
+                       match="architecture 'frobnet' is not supported: not an architecture of the pinned"):
         load_spec(_write(tmp_path, "frobnet", {}))
 
 
