@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Print predicted vs actual buffers (per case, per kind) and header/estimate latency, as Markdown tables.
 
-Usage: .venv/bin/python scripts/bench_accuracy.py [--cases all|gemma|shapes|gpu-logs] [--no-latency] [--reader-runs N]
+Usage: .venv/bin/python scripts/bench_accuracy.py [--cases all|gemma|shapes|gpu-logs|fit] [--no-latency]
+       [--reader-runs N]
 Runs the real llama-server (scripts/llama-server-path) on the real Gemma-3-270M and on shape-only GGUFs written
 from autoctx.shapes into a temporary folder, then prints the GPU-log table (scripts/bench_gpu_logs.py: public GPU
-logs re-estimated, no GPU needed; `--cases gpu-logs` prints only that).
+logs re-estimated, no GPU needed; `--cases gpu-logs` prints only that) and the side-by-side with llama.cpp's own fit
+(scripts/bench_fit.py: llama-fit-params and autoctx plan on one device budget; `--cases fit` prints only that).
 """
 
 from __future__ import annotations
@@ -43,12 +45,14 @@ def cell(rows, kind: str) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", choices=["all", "gemma", "shapes", "gpu-logs"], default="all")
+    ap.add_argument("--cases", choices=["all", "gemma", "shapes", "gpu-logs", "fit"], default="all")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--reader-runs", type=int, default=5, help="runs of gguf.GGUFReader (about 17 s each)")
     a = ap.parse_args()
     if a.cases == "gpu-logs":
         return gpu_log_table()
+    if a.cases == "fit":
+        return fit_table()
 
     server = path_of("llama-server-path")
     fit_params = path_of("llama-server-path", "--bin", "llama-fit-params")
@@ -79,13 +83,20 @@ def main() -> int:
         for what, secs in latency_rows(gemma, fit_params, reader_runs=a.reader_runs):
             print(f"| {what} | {secs:.3f} |", flush=True)
     gpu_misses = gpu_log_table() if a.cases == "all" else 0
-    return 1 if misses or gpu_misses else 0
+    fit_failed = fit_table() if a.cases == "all" else 0
+    return 1 if misses or gpu_misses or fit_failed else 0
 
 
 def gpu_log_table() -> int:
     """The GPU-log table (scripts/bench_gpu_logs.py); non-zero when a judged value misses without a named xfail."""
     print("\nGPU logs: public llama.cpp GPU logs (tests/data/gpu_logs/) re-estimated by autoctx:\n", flush=True)
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_gpu_logs.py")]).returncode
+
+
+def fit_table() -> int:
+    """The side-by-side with llama.cpp's own fit (scripts/bench_fit.py)."""
+    print("\nllama.cpp's fit (llama-fit-params) and autoctx plan on the same device budget:\n", flush=True)
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_fit.py")]).returncode
 
 
 if __name__ == "__main__":

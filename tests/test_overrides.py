@@ -305,3 +305,18 @@ def test_plan_cli_takes_the_override_flags(shape_file):
     i = argv.index("-ot")  # -ot first (matched first), then --cpu-moe, as the plan modelled them
     assert argv[i:i + 3] == ["-ot", "'blk\\.47\\.ffn_down_exps=CUDA0'", "--cpu-moe"]
     assert "--n-cpu-moe" not in argv
+
+
+def test_bench_fit_gives_llama_fit_params_only_the_flags_it_takes():
+    """scripts/bench_fit.py sizes a plan with llama-fit-params, which refuses llama-server-only flags (-no-kvu...)."""
+    import importlib.util
+    from pathlib import Path
+
+    where = Path(__file__).resolve().parents[1] / "scripts" / "bench_fit.py"
+    loader = importlib.util.spec_from_file_location("bench_fit", where)
+    bench = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(bench)
+    argv = ["-c", "5888", "-np", "1", "-ctk", "q8_0", "-no-kvu", "-ngl", "49", "--n-cpu-moe", "19", "--cache-ram",
+            "8192", "--ctx-checkpoints", "32", "--fit", "off", "-ot", "x=CPU", "--cpu-moe"]
+    assert bench.fit_args(argv) == ["-c", "5888", "-np", "1", "-ctk", "q8_0", "-ngl", "49", "--n-cpu-moe", "19",
+                                    "-ot", "x=CPU", "--cpu-moe"]
