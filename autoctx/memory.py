@@ -1098,6 +1098,9 @@ def estimate(spec: ModelSpec, params: Params, memo: dict | None = None, extras: 
 # fills after /health: the prompt cache (server-task.cpp server_prompt_cache) and context checkpoints
 # ----------------------------------------------------------------------------------------------------------------
 
+# the Params fields of the files beside the model (what a plan carries over from the user's arguments)
+BESIDE_FIELDS = ("mmproj", "mmproj_offload", "model_draft", "draft_ngl", "cache_type_k_draft", "cache_type_v_draft",
+                 "spec_types", "draft_n_max", "lora")
 SPEC_DRAFT_TYPES = ("draft-simple", "draft-eagle3", "draft-mtp", "draft-dflash", "draft-dspark")
 _NGRAM_N_MAX = {"ngram-simple": 48, "ngram-map-k": 48, "ngram-map-k4v": 48, "ngram-mod": 64, "ngram-cache": 8}
 SPEC_TYPES = ("none", *SPEC_DRAFT_TYPES, *_NGRAM_N_MAX)  # common/speculative.cpp common_speculative_type_from_name

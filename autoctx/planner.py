@@ -25,6 +25,7 @@ from typing import Any
 from .errors import AutoctxError
 from .memory import CPU, FFN_EXPS_REGEX, Device, Estimate, Params, buft_overrides, estimate, layer_devices, \
     resolve_ngl, tensor_devices
+from .memory import BESIDE_FIELDS
 from .model import ModelSpec
 
 GiB = 1024**3
@@ -105,6 +106,7 @@ class Plan:
     params: Params
     profile_key: object = None  # set by callers that read/write a profile for this plan
     n_cpu_moe: int = 0  # the planner's --n-cpu-moe: the experts of the first N blocks stay on the CPU
+    extras: Any = None  # the headers of the files beside the model it was planned with (PlanOptions.extras)
 
     def llama_server_args(self, model_path: str | None = None) -> list[str]:
         """Every memory-relevant flag set explicitly, --fit off, so the runtime cannot re-decide."""
@@ -375,7 +377,7 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
         reasons.append(f"{opts.n_parallel} slots of {ctx} tokens each (KV cache × {opts.n_parallel})")
     reasons += host_reasons
     return Plan(spec, ctx, kv[0], kv[1], p.flash_attn, ngl if s.gpus else 0, opts.n_parallel, opts.n_ubatch,
-                s.tensor_split, est, budgets, reasons, found, p, n_cpu_moe=n_cpu_moe)
+                s.tensor_split, est, budgets, reasons, found, p, n_cpu_moe=n_cpu_moe, extras=opts.extras)
 
 
 _EXPERTS = re.compile(FFN_EXPS_REGEX)  # what --cpu-moe / --n-cpu-moe move: the routed experts' weights
@@ -428,7 +430,9 @@ def memory_curve(spec: ModelSpec, plan_: Plan, kv: tuple[str, str], points: int 
     s = _Search(spec, plan_.budgets, PlanOptions(n_parallel=plan_.n_parallel, n_ubatch=plan_.ubatch,
                                                   flash_attn="auto", repack=plan_.params.repack,
                                                   cpu_repack=dict(plan_.params.cpu_repack),
-                                                  tensor_overrides=plan_.params.tensor_overrides))
+                                                  tensor_overrides=plan_.params.tensor_overrides,
+                                                  beside={f: getattr(plan_.params, f) for f in BESIDE_FIELDS},
+                                                  extras=plan_.extras))
     dev = plan_.tight_device().device
     out = []
     top = spec.n_ctx_train

@@ -109,7 +109,7 @@ def beside_options(parsed: ParsedArgs, opts: PlanOptions, spec) -> PlanOptions:
     of the plan; their --cache-ram and --ctx-checkpoints kept (and counted), else sized from the RAM the plan
     leaves (planner.host_cache)."""
     from .extras import load_extras
-    from .runtimes.llamacpp.args import BESIDE_FIELDS
+    from .memory import BESIDE_FIELDS
 
     p, ex = parsed.params, parsed.explicit
     extras = load_extras(p, spec)

@@ -398,9 +398,6 @@ def to_server_args(p: Params, model: str | None = None) -> list[str]:
     return argv
 
 
-# the Params fields of the files beside the model (what a plan carries over from the user's arguments)
-BESIDE_FIELDS = ("mmproj", "mmproj_offload", "model_draft", "draft_ngl", "cache_type_k_draft", "cache_type_v_draft",
-                 "spec_types", "draft_n_max", "lora")
 _BESIDE = ("mmproj", "mmproj_offload", "no_mmproj_offload", "model_draft", "ngld", "ctkd", "ctvd", "spec_type",
            "draft_n_max", "lora", "lora_scaled", "cache_ram", "ctx_checkpoints", "no_warmup", "warmup")
 
