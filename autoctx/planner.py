@@ -165,7 +165,7 @@ class _Search:
         # the expert lever (--n-cpu-moe N): a MoE model with GPUs, for llama-server (an Ollama Modelfile has no such
         # parameter), unless the user placed tensors themselves
         self.moe = bool(spec.is_moe and self.gpus and opts.runtime == "llamacpp" and not opts.tensor_overrides)
-        self._reads: dict[tuple[int, int], tuple[int, int]] = {}
+        self._weights: dict[tuple[int, int], tuple[int, int, dict[str, int]]] = {}  # placement_weights memo
 
     def params(self, ctx: int, kv: tuple[str, str], ngl: int, n_cpu_moe: int = 0) -> Params:
         fa = self.opts.flash_attn
@@ -187,11 +187,15 @@ class _Search:
         return self.cache[key]
 
     def reads(self, ngl: int, n_cpu_moe: int = 0) -> tuple[int, int]:
-        """token_reads of a placement (memoised)."""
+        """token_reads of a placement."""
+        return self.placed(ngl, n_cpu_moe)[:2]
+
+    def placed(self, ngl: int, n_cpu_moe: int = 0) -> tuple[int, int, dict[str, int]]:
+        """placement_weights of a placement (memoised)."""
         key = (ngl, n_cpu_moe)
-        if key not in self._reads:
-            self._reads[key] = token_reads(self.spec, self.params(256, ("f16", "f16"), ngl, n_cpu_moe))
-        return self._reads[key]
+        if key not in self._weights:
+            self._weights[key] = placement_weights(self.spec, self.params(256, ("f16", "f16"), ngl, n_cpu_moe))
+        return self._weights[key]
 
     def placements(self, start: int, fewer: bool) -> list[tuple[int, int]]:
         """Candidate (GPU layers, --n-cpu-moe N) placements, cheapest first: by the bytes each generated token reads
@@ -217,8 +221,13 @@ class _Search:
     def cheapest(self, ctx: int, kv: tuple[str, str], places: list[tuple[int, int]]) -> tuple[int, int] | None:
         """The first of `places` (cheapest first, see placements) with which `ctx` tokens fit, or None. Each one is
         tried in turn: more GPU layers or fewer CPU experts means more GPU memory but less CPU memory, so fitting is
-        monotone in neither and no bisection or early stop would be right."""
-        return next((pl for pl in places if self.fits(ctx, kv, *pl)), None)
+        monotone in neither and no bisection or early stop would be right. A placement whose weights alone exceed a
+        device's budget is passed over without an estimate: every buffer holds at least its tensors' bytes."""
+        for pl in places:
+            held = self.placed(*pl)[2]
+            if all(held.get(b.device, 0) <= b.usable for b in self.budgets) and self.fits(ctx, kv, *pl):
+                return pl
+        return None
 
     def refusal(self, kv: tuple[str, str], ngl: int) -> str | None:
         """Why this KV type cannot be used with this model (llama.cpp's own refusal, from memory.estimate)."""
@@ -394,17 +403,27 @@ def token_reads(spec: ModelSpec, p: Params) -> tuple[int, int]:
     Each block and the output layer are read once per token; of a MoE block's routed experts (FFN_EXPS_REGEX) only
     n_expert_used of n_expert are, so an expert tensor counts that share of its bytes. The input embedding is left
     out: a token reads one row of it."""
+    return placement_weights(spec, p)[:2]
+
+
+def placement_weights(spec: ModelSpec, p: Params) -> tuple[int, int, dict[str, int]]:
+    """token_reads, and the bytes of the tensors each device (CPU included) holds: a lower bound of its memory (a
+    buffer is at least the sum of its tensors, a mapped range at least the tensors read from it)."""
     layer_dev, out_dev = layer_devices(spec, p, resolve_ngl(spec, p))
     share = spec.n_expert_used / spec.n_expert if spec.n_expert else 1.0
     cpu = total = 0.0
+    held: dict[str, int] = {}
     for t, li, dev in zip(spec.tensors, spec.tensor_layer, tensor_devices(spec, p, layer_dev, out_dev)):
-        if li < 0 or not dev:
+        if not dev:
+            continue
+        held[dev] = held.get(dev, 0) + t.nbytes
+        if li < 0:
             continue
         read = t.nbytes * (share if _EXPERTS.search(t.name) else 1.0)
         total += read
         if dev == CPU:
             cpu += read
-    return int(cpu), int(total)
+    return int(cpu), int(total), held
 
 
 def slowdown(cpu_read: int, all_read: int) -> str:
