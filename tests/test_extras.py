@@ -304,3 +304,18 @@ def test_serve_keeps_the_users_files_and_counts_them(tmp_path):
     assert p.params.cache_ram_mib == 1024 and any(b.name == "CLIP" for b in p.estimate.buffers)
     argv = merged_argv(p.llama_server_args(), user)
     assert argv.count("--mmproj") == 1 and argv.count("--cache-ram") == 1 and argv[-4:] == user
+
+
+def test_ollama_ps_reads_the_projector_compute_line_only():
+    """/api/ps (Ollama's memoryParsingWriter) reads "<buf> <kind> buffer size" lines: the projector's compute line,
+    not clip's "model size" line nor a LoRA buffer line; autoctx's prediction of /api/ps does the same."""
+    from autoctx.runtimes.ollama.memory import logged_ps_sizes, predicted_ps_sizes
+
+    logged = logged_ps_sizes(parse_server_log(LOG), 10**12)
+    assert logged.size == sum(int(x * MiB) for x in (373.71, 0.58, 39.27, 121.25))
+    est = estimate(spec("gemma-3-4b"), replace(CPU_2048, devices=(Device("CUDA0"),)), extras=Extras(projector=PROJ))
+    ps = predicted_ps_sizes(est, None)
+    # (Gemma 3's two KV lines share one key there: the SWA cache's replaces the non-SWA one)
+    assert ps.vram_by_device["CUDA0"] == sum(b.bytes for b in est.buffers if b.device == "CUDA0"
+                                             and b.detail != "projector weights" and not b.detail.startswith("non-SWA"))
+    assert any(b.detail.startswith("projector vision") and b.device == "CUDA0" for b in est.buffers)

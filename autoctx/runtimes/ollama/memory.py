@@ -70,8 +70,10 @@ def ps_sizes(buffers: Iterable[tuple[str, str, str, int]], model_file_size: int 
 
 def logged_ps_sizes(log, model_file_size: int) -> PsSizes:
     """/api/ps sizes from a parsed llama-server log (autoctx.runtimes.llamacpp.logparse.ServerLog)."""
-    return ps_sizes(((b.source, b.name, b.kind, int(b.mib * MiB)) for b in log.buffers), model_file_size,
-                    log.offloaded)
+    # Ollama's pattern reads "<fn>: <buf> <model|KV|compute|output|RS> buffer size" lines only: not clip's "model
+    # size" line (the projector's weights) nor a "LoRA buffer size" line; the projector's compute line it reads
+    return ps_sizes(((b.source, b.name, b.kind, int(b.mib * MiB)) for b in log.buffers
+                     if b.source not in ("clip", "llama_adapter_lora_init_impl")), model_file_size, log.offloaded)
 
 
 # the llama.cpp function that prints each kind of buffer line (see autoctx.runtimes.llamacpp.logparse)
@@ -82,9 +84,13 @@ def predicted_ps_sizes(estimate, model_file_size: int | None) -> PsSizes:
     """What /api/ps would say if llama-server allocated autoctx's predicted buffers (an autoctx.memory.Estimate)."""
     bufs = []
     for b in estimate.buffers:
-        fn, kind = _PRINTED_BY.get(b.kind, b.kind), b.kind
+        fn, kind, name = _PRINTED_BY.get(b.kind, b.kind), b.kind, b.name or b.device
         if b.kind == "kv" and b.detail.startswith("recurrent"):
             fn, kind = "llama_memory_recurrent", "rs"
-        bufs.append((fn, b.name or b.device, kind, b.bytes))
+        if b.detail.startswith(("projector weights", "LoRA")):
+            continue  # printed in lines Ollama does not read (see logged_ps_sizes)
+        if b.detail.startswith("projector"):  # clip.cpp's compute line: its buffer type's name
+            fn, name = "reserve_compute_meta", b.device
+        bufs.append((fn, name, kind, b.bytes))
     n_total = estimate.spec.n_layer + 1
     return ps_sizes(bufs, model_file_size, (estimate.n_gpu_layers, n_total) if estimate.n_gpu_layers else None)
