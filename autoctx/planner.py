@@ -135,8 +135,8 @@ class Plan:
 
     def as_dict(self) -> dict:
         return {"num_ctx": self.num_ctx, "cache_type_k": self.cache_type_k, "cache_type_v": self.cache_type_v,
-                "flash_attn": self.flash_attn, "n_gpu_layers": self.n_gpu_layers, "n_parallel": self.n_parallel,
-                "ubatch": self.ubatch}
+                "flash_attn": self.flash_attn, "n_gpu_layers": self.n_gpu_layers, "n_cpu_moe": self.n_cpu_moe,
+                "n_parallel": self.n_parallel, "ubatch": self.ubatch}
 
 
 def _kv_label(kv: tuple[str, str]) -> str:

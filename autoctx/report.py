@@ -31,7 +31,8 @@ def plan_table(p: Plan) -> str:
 
 def settings(p: Plan) -> str:
     kv = p.cache_type_k if p.cache_type_k == p.cache_type_v else f"{p.cache_type_k} (K) / {p.cache_type_v} (V)"
-    out = [f"num_ctx {p.num_ctx}   KV {kv}   flash-attn {p.flash_attn}   GPU layers {p.n_gpu_layers}"
+    experts = f" (experts of the first {p.n_cpu_moe} on the CPU)" if p.n_cpu_moe else ""
+    out = [f"num_ctx {p.num_ctx}   KV {kv}   flash-attn {p.flash_attn}   GPU layers {p.n_gpu_layers}{experts}"
            f"   slots {p.n_parallel}   ubatch {p.ubatch}"]
     out += [f"  - {r}" for r in p.reasons]
     return "\n".join(out)

@@ -210,6 +210,7 @@ def test_moe_plan_keeps_attention_and_kv_on_the_gpu_with_n_cpu_moe(shape_file, s
     d = json.loads(r.stdout)
     args = d["llama_server_args"]
     assert args[args.index("-ngl") + 1] == "49" and args[args.index("--n-cpu-moe") + 1] == "20"
+    assert (d["plan"]["n_gpu_layers"], d["plan"]["n_cpu_moe"]) == (49, 20)
     # the context is then the largest that fits there: q8_0 (9216 tokens) beats f16 (4864), neither reaches 40960
     assert (d["plan"]["num_ctx"], d["plan"]["cache_type_k"], d["plan"]["cache_type_v"]) == (9216, "q8_0", "q8_0")
     assert d["max_ctx_by_kv"] == {"f16": 4864, "q8_0": 9216}
