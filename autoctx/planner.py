@@ -166,6 +166,8 @@ class _Search:
         # parameter), unless the user placed tensors themselves
         self.moe = bool(spec.is_moe and self.gpus and opts.runtime == "llamacpp" and not opts.tensor_overrides)
         self._weights: dict[tuple[int, int], tuple[int, int, dict[str, int]]] = {}  # placement_weights memo
+        self._sums: dict = {}  # _block_weights' per-block prefix sums
+        self._runs: dict[int, tuple[list, str]] = {}  # _block_weights' block runs per layer count
 
     def params(self, ctx: int, kv: tuple[str, str], ngl: int, n_cpu_moe: int = 0) -> Params:
         fa = self.opts.flash_attn
@@ -194,11 +196,63 @@ class _Search:
         return self.placed(ngl, n_cpu_moe)[:2]
 
     def placed(self, ngl: int, n_cpu_moe: int = 0) -> tuple[int, int, dict[str, int]]:
-        """placement_weights of a placement (memoised)."""
+        """placement_weights of a placement (memoised). With the expert lever (no tensor overrides of the user's)
+        from per-block sums: the same figures (tests/test_overrides.py checks every placement) at a cost that does
+        not grow with the tensors, since the search may weigh every (layers, experts) pair."""
         key = (ngl, n_cpu_moe)
         if key not in self._weights:
-            self._weights[key] = placement_weights(self.spec, self.params(256, ("f16", "f16"), ngl, n_cpu_moe))
+            if self.moe:
+                self._weights[key] = self._block_weights(ngl, n_cpu_moe)
+            else:
+                self._weights[key] = placement_weights(self.spec, self.params(256, ("f16", "f16"), ngl, n_cpu_moe))
         return self._weights[key]
+
+    def _block_weights(self, ngl: int, n_cpu_moe: int) -> tuple[int, int, dict[str, int]]:
+        if not self._sums:  # once: prefix sums over the blocks of dense bytes, expert bytes and expert reads
+            spec, n = self.spec, self.spec.n_layer
+            loaded = tensor_devices(spec, self.base, [CPU] * n, CPU)  # "" where a tensor is not loaded
+            dense, exp, read = [0] * (n + 1), [0] * (n + 1), [0] * (n + 1)
+            edge = {"input": 0, "output": 0}
+            for t, li, dev in zip(spec.tensors, spec.tensor_layer, loaded):
+                if not dev:
+                    continue
+                if li < 0 or li >= n:
+                    edge["input" if li < 0 else "output"] += t.nbytes
+                elif _EXPERTS.search(t.name):
+                    exp[li + 1] += t.nbytes
+                    read[li + 1] += _expert_read(spec, t.nbytes)
+                else:
+                    dense[li + 1] += t.nbytes
+            for arr in (dense, exp, read):
+                for i in range(n):
+                    arr[i + 1] += arr[i]
+            self._sums = {"dense": dense, "exp": exp, "read": read, **edge}
+        d, x, r = self._sums["dense"], self._sums["exp"], self._sums["read"]
+        if ngl not in self._runs:  # memory.layer_devices as runs of consecutive blocks on one device
+            layer_dev, out_dev = layer_devices(self.spec, self.params(256, ("f16", "f16"), ngl), ngl)
+            runs: list[list] = []
+            for il, dev in enumerate(layer_dev):
+                if runs and runs[-1][0] == dev:
+                    runs[-1][2] = il + 1
+                else:
+                    runs.append([dev, il, il + 1])
+            self._runs[ngl] = (runs, out_dev)
+        runs, out_dev = self._runs[ngl]
+        held = {CPU: self._sums["input"]}
+        cpu = 0
+        for dev, a, b in runs:
+            moved = max(0, min(b, n_cpu_moe) - a)  # blocks of this run whose experts are on the CPU
+            if dev == CPU:
+                held[CPU] += d[b] - d[a] + x[b] - x[a]
+                cpu += d[b] - d[a] + r[b] - r[a]
+            else:
+                held[dev] = held.get(dev, 0) + d[b] - d[a] + x[b] - x[a + moved]
+                held[CPU] += x[a + moved] - x[a]
+                cpu += r[a + moved] - r[a]
+        out = self._sums["output"]
+        held[out_dev] = held.get(out_dev, 0) + out
+        cpu += out if out_dev == CPU else 0
+        return cpu, d[-1] + r[-1] + out, held
 
     def placements(self, start: int, fewer: bool) -> list[tuple[int, int]]:
         """Candidate (GPU layers, --n-cpu-moe N) placements, cheapest first: by the bytes each generated token reads
@@ -316,10 +370,13 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
     # the experts of the first N blocks on the CPU (the smallest N that leaves room for --min-ctx), and "fewer" is
     # every placement of layers and experts, the one whose tokens read the fewest bytes from CPU memory first.
     full = s.placements(start, fewer=False)
-    anywhere = s.placements(start, fewer=True) if s.gpus and opts.fixed_ngl is None else []
-    steps = [(usable, full, False), (spare, full, False), (usable, anywhere, True), (spare, anywhere, True)]
+    anywhere: list[tuple[int, int]] = []  # every placement: weighed only when every layer on the GPUs leaves no room
+    steps = [(usable, False), (spare, False), (usable, True), (spare, True)]
     kinds, kv, ctx, found = usable or spare, None, 0, {}
-    for cand, places, fewer in steps:
+    for cand, fewer in steps:
+        if fewer and s.gpus and opts.fixed_ngl is None and not anywhere:
+            anywhere = s.placements(start, fewer=True)
+        places = anywhere if fewer else full
         if not cand or not places:
             continue
         at = s.cheapest(min_ctx, cand[-1], places)
@@ -413,8 +470,7 @@ def placement_weights(spec: ModelSpec, p: Params) -> tuple[int, int, dict[str, i
     """token_reads, and the bytes of the tensors each device (CPU included) holds: a lower bound of its memory (a
     buffer is at least the sum of its tensors, a mapped range at least the tensors read from it)."""
     layer_dev, out_dev = layer_devices(spec, p, resolve_ngl(spec, p))
-    share = spec.n_expert_used / spec.n_expert if spec.n_expert else 1.0
-    cpu = total = 0.0
+    cpu = total = 0
     held: dict[str, int] = {}
     for t, li, dev in zip(spec.tensors, spec.tensor_layer, tensor_devices(spec, p, layer_dev, out_dev)):
         if not dev:
@@ -422,11 +478,16 @@ def placement_weights(spec: ModelSpec, p: Params) -> tuple[int, int, dict[str, i
         held[dev] = held.get(dev, 0) + t.nbytes
         if li < 0:
             continue
-        read = t.nbytes * (share if _EXPERTS.search(t.name) else 1.0)
+        read = _expert_read(spec, t.nbytes) if _EXPERTS.search(t.name) else t.nbytes
         total += read
         if dev == CPU:
             cpu += read
-    return int(cpu), int(total), held
+    return cpu, total, held
+
+
+def _expert_read(spec: ModelSpec, nbytes: int) -> int:
+    """The bytes of an expert tensor a token reads: n_expert_used of its n_expert experts."""
+    return nbytes * spec.n_expert_used // spec.n_expert
 
 
 def slowdown(cpu_read: int, all_read: int) -> str:

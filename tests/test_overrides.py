@@ -264,13 +264,28 @@ def test_least_cpu_reads_when_the_experts_alone_do_not_make_room(spec_of):
 def test_token_reads_count_a_share_of_the_experts(spec_of):
     spec = spec_of("qwen3-30b-a3b")
     s = _Search(spec, QWEN3_12G, PlanOptions())
-    share = spec.n_expert_used / spec.n_expert
-    exp0 = sum(t.nbytes for t in spec.tensors if is_expert(t.name) and t.name.startswith("blk.0."))
+    exp0 = sum(t.nbytes * 8 // 128 for t in spec.tensors if is_expert(t.name) and t.name.startswith("blk.0."))
     blk0 = sum(t.nbytes for t in spec.tensors if t.name.startswith("blk.0.") and not is_expert(t.name))
+    assert (spec.n_expert_used, spec.n_expert) == (8, 128)
     assert s.reads(49, 0)[0] == 0
-    assert s.reads(49, 1)[0] == int(exp0 * share)  # experts of block 0: 8 of 128 read per token
-    assert s.reads(48, 0)[0] == int(blk0 + exp0 * share)  # block 0 on the CPU: its dense weights whole
+    assert s.reads(49, 1)[0] == exp0  # experts of block 0: 8 of 128 read per token
+    assert s.reads(48, 0)[0] == blk0 + exp0  # block 0 on the CPU: its dense weights whole
     assert s.reads(49, 0)[1] == s.reads(0, 0)[1] == s.reads(0, 0)[0]
+
+
+@pytest.mark.parametrize("name", ["qwen3-30b-a3b", "deepseek-v2-lite", "gpt-oss-20b"])
+def test_the_planners_block_sums_equal_the_tensor_walk(spec_of, name):
+    """The search weighs every (layers, experts) pair from per-block sums; each one equals placement_weights' walk
+    over every tensor as memory.tensor_devices places it (reads and the bytes each device holds), on two GPUs."""
+    from autoctx.planner import placement_weights
+
+    spec = spec_of(name)
+    s = _Search(spec, [Budget("CUDA0", 10 * GiB, GiB), Budget("CUDA1", 6 * GiB, GiB), Budget("CPU", 64 * GiB, GiB)],
+                PlanOptions())
+    places = s.placements(spec.n_layer + 1, fewer=True)
+    assert len(places) == len(set(places)) > spec.n_layer ** 2 // 2
+    for pl in places:
+        assert s.placed(*pl) == placement_weights(spec, s.params(256, ("f16", "f16"), *pl)), pl
 
 
 def test_dense_models_and_ollama_keep_the_layer_lever(spec_of):
