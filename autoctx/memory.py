@@ -884,7 +884,8 @@ def _kv_view_copy_floats(spec: ModelSpec, p: Params, cells: int, n_stream: int) 
 
 
 def device_compute_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], out_dev: str, ngl: int, n_kv: int,
-                           n_kv_swa: int, n_tokens: int, n_outputs: int, flash_attn: bool) -> list[Buffer]:
+                           n_kv_swa: int, n_tokens: int, n_outputs: int, flash_attn: bool,
+                           memo: dict | None = None) -> list[Buffer]:
     """The compute buffer of every backend when devices take part (sched_reserve with a multi-backend scheduler).
 
     The structure follows the scheduler (ggml/src/ggml-backend.cpp); each term says where it was checked:
@@ -923,7 +924,7 @@ def device_compute_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], out
     # FFN: a block's FFN weights overridden to the CPU (-ot, --n-cpu-moe...) run their matmuls on the op-offload
     # device with a copy of the weight, or on the CPU without one (the scheduler's "1.wgt" rule)
     runs = [(off.name if off is not None and d == CPU else d) for d in layer_dev]
-    ffn_on_cpu, offload_weight = _ffn_weights_on_cpu(spec, p, layer_dev, out_dev, off)
+    ffn_on_cpu, offload_weight = _ffn_weights_on_cpu(spec, p, layer_dev, out_dev, off, memo)
     ffn_runs = [(CPU if off is None else off.name) if il in ffn_on_cpu else d for il, d in enumerate(runs)]
     inputs = graph_inputs(spec, p, n_kv, n_kv_swa, T, n_outputs, flash_attn)
     n_stream = 1 if p.kv_unified else p.n_parallel
@@ -1001,13 +1002,16 @@ def device_compute_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], out
     return out
 
 
-def _ffn_weights_on_cpu(spec: ModelSpec, p: Params, layer_dev: list[str], out_dev: str,
-                        off: Device | None) -> tuple[set[int], int]:
+def _ffn_weights_on_cpu(spec: ModelSpec, p: Params, layer_dev: list[str], out_dev: str, off: Device | None,
+                        memo: dict | None = None) -> tuple[set[int], int]:
     """Blocks on a device whose FFN matmul weights tensor overrides put on the CPU (memory.tensor_devices), and the
     largest such weight at the op-offload device's alloc size (what its compute buffer holds while the matmul runs
     there: ggml-backend.cpp copies a split input from a host buffer). Without overrides: nothing."""
     if not p.tensor_overrides:
         return set(), 0
+    key = ("ffn on cpu", tuple(layer_dev), out_dev, p.devices, p.tensor_overrides, off)
+    if memo is not None and key in memo:  # estimate's per-spec memo (the planner asks per context and KV type)
+        return memo[key]
     where = tensor_devices(spec, p, layer_dev, out_dev)
     blocks: set[int] = set()
     largest = 0
@@ -1015,6 +1019,8 @@ def _ffn_weights_on_cpu(spec: ModelSpec, p: Params, layer_dev: list[str], out_de
         if 0 <= li < len(layer_dev) and layer_dev[li] != CPU and d == CPU and ".ffn_" in t.name and len(t.shape) >= 2:
             blocks.add(li)
             largest = max(largest, _alloc_size(off, t.type_name, t.nbytes, t.shape[0]) if off is not None else 0)
+    if memo is not None:
+        memo[key] = (blocks, largest)
     return blocks, largest
 
 
@@ -1073,7 +1079,7 @@ def estimate(spec: ModelSpec, params: Params, memo: dict | None = None, extras: 
         buffers.append(Buffer(CPU, "compute", compute, p.devices[0].host_buffer if p.devices else CPU))
     else:
         buffers += device_compute_buffers(spec, p, layer_dev, out_dev, ngl, n_ctx_seq, n_swa_cells, n_tokens, n_out,
-                                          fa)
+                                          fa, memo)
         if off is not None and CPU in layer_dev:
             notes.append(f"op offload: prompt batches of the CPU layers run on {off.name} (their weights and KV "
                          "copied in); its compute buffer is modelled from the llama.cpp source and one public CUDA "
