@@ -38,8 +38,8 @@ CASES = [
     # -ngl 10: the output layer + the last 9 blocks on the RPC devices split 1:2, 9 blocks on the CPU; the CPU's
     # weights are repacked (RPC devices have no host buffer type), KV on three devices, 2 slots
     ("gemma-ngl10-ts", "gemma", ["--no-warmup", "-c", "4096", "-np", "2", "-ngl", "10", "-ts", "1,2"]),
-    # Q8_0 weights and q8_0 KV whose rows (896, 128) are no multiple of 512: the RPC client asks the CPU worker for
-    # their size (no padding, unlike CUDA); no mmap: the CPU's weights in a plain CPU buffer
+    # quantized weights (Q4_K_M's policy) and q8_0 KV whose rows (896, 128) are no multiple of 512: the RPC client
+    # asks the CPU worker for their size (no padding, unlike CUDA); no mmap: the CPU's weights in a plain CPU buffer
     ("qwen-ngl13-ts-q8kv-nommap", "qwen2.5-0.5b", [*SHAPE, "-c", "2048", "-np", "1", "-ngl", "13", "-ts", "3,1",
                                                    "-ctk", "q8_0", "-ctv", "q8_0", "--load-mode", "none"]),
     # -ngl 1 is the output layer alone; -ts 0,1 puts it on RPC1; RPC0 gets nothing
@@ -214,9 +214,10 @@ def test_rpc_placement_rules(rpc_run):
 
 @pytest.mark.server
 def test_rpc_sizes_follow_the_worker_backend(rpc_run):
-    """RPC0 holds 10 blocks of Q8_0 weights and q8_0 KV with rows of 896 and 128 elements: CUDA's rules (a CUDA
-    worker: 128-byte alignment, quantized rows padded to 512) would make its buffers 141.14 and 5.32 MiB; the CPU
-    workers allocated the CPU rules' 141.12 and 5.31 MiB. The sizes are the worker backend's, not the client's."""
+    """RPC0 holds 10 blocks of quantized weights (q4_K/q5_0/q6_K/q8_0, Q4_K_M's policy) and q8_0 KV with rows of
+    896 and 128 elements: CUDA's rules (a CUDA worker: 128-byte alignment, quantized rows padded to 512) would make
+    its buffers 97.13 and 5.32 MiB; the CPU workers allocated the CPU rules' 97.12 and 5.31 MiB. The sizes are the
+    worker backend's, not the client's."""
     est, m, _, _ = rpc_run("qwen-ngl13-ts-q8kv-nommap")
     p = est.params
     cuda = estimate(est.spec, replace(p, devices=tuple(replace(d, remote="CUDA") for d in p.devices)))
@@ -225,8 +226,8 @@ def test_rpc_sizes_follow_the_worker_backend(rpc_run):
         return [round(b.bytes / MiB, 2) for b in buffers if b.device == "RPC0" and b.kind == kind]
 
     printed = {k: [b.mib for b in m.log.buffers if b.device == "RPC0" and b.kind == k] for k in ("model", "kv")}
-    assert printed == {"model": [141.12], "kv": [5.31]} == {k: rpc0(est.buffers, k) for k in printed}
-    assert {k: rpc0(cuda.buffers, k) for k in printed} == {"model": [141.14], "kv": [5.32]}
+    assert printed == {"model": [97.12], "kv": [5.31]} == {k: rpc0(est.buffers, k) for k in printed}
+    assert {k: rpc0(cuda.buffers, k) for k in printed} == {"model": [97.13], "kv": [5.32]}
 
 
 @pytest.mark.server
