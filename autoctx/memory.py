@@ -414,10 +414,15 @@ def _alloc_size(dev: Device | None, type_name: str, nbytes: int, ne0: int) -> in
     starts at a multiple of the buffer type's alignment). `dev` None: the CPU buffer type."""
     if dev is None:
         return pad(nbytes, CPU_ALIGNMENT)
+    return _padded_size(dev.alignment, dev.pads_quant_rows, type_name, nbytes, ne0)
+
+
+@lru_cache(maxsize=65536)  # the planner sizes the same tensors on the same devices for every placement it weighs
+def _padded_size(alignment: int, pads_quant_rows: bool, type_name: str, nbytes: int, ne0: int) -> int:
     size = nbytes
-    if dev.pads_quant_rows and is_quantized(type_name) and ne0 % MATRIX_ROW_PADDING:
+    if pads_quant_rows and is_quantized(type_name) and ne0 % MATRIX_ROW_PADDING:
         size += row_bytes(type_from_name(type_name), MATRIX_ROW_PADDING - ne0 % MATRIX_ROW_PADDING)
-    return pad(size, dev.alignment)
+    return pad(size, alignment)
 
 
 def host_weight_device(p: Params) -> Device | None:
@@ -494,22 +499,28 @@ def tensor_devices(spec: ModelSpec, p: Params, layer_dev: list[str], output_dev:
     pattern finds the tensor's name wins; an override to the CPU goes through the CPU's buffer-type list, like a CPU
     layer's tensor (host buffer, CPU_REPACK, mapped: model_buffers), one to a device takes its buffer type as is;
     without a match the tensor follows its layer (input: CPU; blocks: layer_dev; output: output_dev)."""
+    # each layer's device, by tensor_layer + 1 (input, blocks, output); NextN/MTP blocks are skipped unless an MTP
+    # context is requested ("", before any override: the loader skips them first)
+    first_nextn = spec.n_layer - spec.n_layer_nextn if spec.n_layer_nextn and not loads_mtp(spec, p) else spec.n_layer
+    by_layer = [CPU, *layer_dev[:first_nextn], *[""] * (spec.n_layer - first_nextn), output_dev]
+    out = [by_layer[li + 1] for li in spec.tensor_layer]
     overrides = buft_overrides(p)
-    assigned: dict[int, str] = {}
     if overrides:
         device_of = {CPU: CPU, **{d.buffer_name: d.name for d in p.devices}}
-        names = tuple(t.name for t in spec.tensors)
-        for pattern, buft in overrides:
-            for i in _matching(pattern, names):
-                assigned.setdefault(i, device_of[buft])
-    out: list[str] = []
-    first_nextn = spec.n_layer - spec.n_layer_nextn
-    for i, li in enumerate(spec.tensor_layer):
-        if spec.n_layer_nextn and first_nextn <= li < spec.n_layer and not loads_mtp(spec, p):
-            out.append("")  # NextN/MTP tensors are skipped unless an MTP context is requested
-        else:
-            out.append(assigned.get(i, CPU if li < 0 else (output_dev if li >= spec.n_layer else layer_dev[li])))
+        for i, buft in _first_matches(tuple(overrides), tuple(t.name for t in spec.tensors)).items():
+            if out[i]:
+                out[i] = device_of[buft]
     return out
+
+
+@lru_cache(maxsize=256)  # the planner asks again for every placement it weighs
+def _first_matches(overrides: tuple[tuple[str, str], ...], names: tuple[str, ...]) -> dict[int, str]:
+    """Index of each name an override finds -> the buffer type of the first one that does (do not modify)."""
+    assigned: dict[int, str] = {}
+    for pattern, buft in overrides:
+        for i in _matching(pattern, names):
+            assigned.setdefault(i, buft)
+    return assigned
 
 
 def _repackable(name: str, type_name: str, shape: tuple[int, ...], rules: dict[str, int]) -> bool:
@@ -544,11 +555,17 @@ def model_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], output_dev: 
         used[(name, t.file_index)] = used.get((name, t.file_index), 0) + t.nbytes
         mapped_dev[name] = dev
 
+    # per device, asked once: its mapped buffer's name (weights mapped from the file) or its buffer's name and rules
+    maps = {d.name: f"{d.buffer_name}_Mapped" if p.mmap and d.rules.maps_weights and not d.backend.remote else ""
+            for d in p.devices}
+    rules = {d.name: (d.buffer_name, d.alignment, d.pads_quant_rows) for d in p.devices}
+
     def place_offloaded(d: Device, t: Any) -> None:
-        if p.mmap and d.rules.maps_weights and not d.backend.remote:
-            add_mapped(f"{d.buffer_name}_Mapped", d.name, t)
+        if maps[d.name]:
+            add_mapped(maps[d.name], d.name, t)
         else:
-            add_sized(d.buffer_name, d.name, _alloc_size(d, t.type_name, t.nbytes, t.shape[0]))
+            name, align, pads = rules[d.name]
+            add_sized(name, d.name, _padded_size(align, pads, t.type_name, t.nbytes, t.shape[0]))
 
     placed = tensor_devices(spec, p, layer_dev, output_dev)  # the layer's device, or an override's
     for t, dev in zip(spec.tensors, placed):
