@@ -166,8 +166,6 @@ class _Search:
         # parameter), unless the user placed tensors themselves
         self.moe = bool(spec.is_moe and self.gpus and opts.runtime == "llamacpp" and not opts.tensor_overrides)
         self._weights: dict[tuple[int, int], tuple[int, int, dict[str, int]]] = {}  # placement_weights memo
-        self._sums: dict = {}  # _block_weights' per-block prefix sums
-        self._runs: dict[int, tuple[list, str]] = {}  # _block_weights' block runs per layer count
 
     def params(self, ctx: int, kv: tuple[str, str], ngl: int, n_cpu_moe: int = 0) -> Params:
         fa = self.opts.flash_attn
@@ -196,83 +194,35 @@ class _Search:
         return self.placed(ngl, n_cpu_moe)[:2]
 
     def placed(self, ngl: int, n_cpu_moe: int = 0) -> tuple[int, int, dict[str, int]]:
-        """placement_weights of a placement (memoised). With the expert lever (no tensor overrides of the user's)
-        from per-block sums: the same figures (tests/test_overrides.py checks every placement) at a cost that does
-        not grow with the tensors, since the search may weigh every (layers, experts) pair."""
+        """placement_weights of a placement (memoised)."""
         key = (ngl, n_cpu_moe)
         if key not in self._weights:
-            if self.moe:
-                self._weights[key] = self._block_weights(ngl, n_cpu_moe)
-            else:
-                self._weights[key] = placement_weights(self.spec, self.params(256, ("f16", "f16"), ngl, n_cpu_moe))
+            self._weights[key] = placement_weights(self.spec, self.params(256, ("f16", "f16"), ngl, n_cpu_moe))
         return self._weights[key]
-
-    def _block_weights(self, ngl: int, n_cpu_moe: int) -> tuple[int, int, dict[str, int]]:
-        if not self._sums:  # once: prefix sums over the blocks of dense bytes, expert bytes and expert reads
-            spec, n = self.spec, self.spec.n_layer
-            loaded = tensor_devices(spec, self.base, [CPU] * n, CPU)  # "" where a tensor is not loaded
-            dense, exp, read = [0] * (n + 1), [0] * (n + 1), [0] * (n + 1)
-            edge = {"input": 0, "output": 0}
-            for t, li, dev in zip(spec.tensors, spec.tensor_layer, loaded):
-                if not dev:
-                    continue
-                if li < 0 or li >= n:
-                    edge["input" if li < 0 else "output"] += t.nbytes
-                elif _EXPERTS.search(t.name):
-                    exp[li + 1] += t.nbytes
-                    read[li + 1] += _expert_read(spec, t.nbytes)
-                else:
-                    dense[li + 1] += t.nbytes
-            for arr in (dense, exp, read):
-                for i in range(n):
-                    arr[i + 1] += arr[i]
-            self._sums = {"dense": dense, "exp": exp, "read": read, **edge}
-        d, x, r = self._sums["dense"], self._sums["exp"], self._sums["read"]
-        if ngl not in self._runs:  # memory.layer_devices as runs of consecutive blocks on one device
-            layer_dev, out_dev = layer_devices(self.spec, self.params(256, ("f16", "f16"), ngl), ngl)
-            runs: list[list] = []
-            for il, dev in enumerate(layer_dev):
-                if runs and runs[-1][0] == dev:
-                    runs[-1][2] = il + 1
-                else:
-                    runs.append([dev, il, il + 1])
-            self._runs[ngl] = (runs, out_dev)
-        runs, out_dev = self._runs[ngl]
-        held = {CPU: self._sums["input"]}
-        cpu = 0
-        for dev, a, b in runs:
-            moved = max(0, min(b, n_cpu_moe) - a)  # blocks of this run whose experts are on the CPU
-            if dev == CPU:
-                held[CPU] += d[b] - d[a] + x[b] - x[a]
-                cpu += d[b] - d[a] + r[b] - r[a]
-            else:
-                held[dev] = held.get(dev, 0) + d[b] - d[a] + x[b] - x[a + moved]
-                held[CPU] += x[a + moved] - x[a]
-                cpu += r[a + moved] - r[a]
-        out = self._sums["output"]
-        held[out_dev] = held.get(out_dev, 0) + out
-        cpu += out if out_dev == CPU else 0
-        return cpu, d[-1] + r[-1] + out, held
 
     def placements(self, start: int, fewer: bool) -> list[tuple[int, int]]:
         """Candidate (GPU layers, --n-cpu-moe N) placements, cheapest first: by the bytes each generated token reads
-        from CPU memory (token_reads), then more GPU layers, then fewer CPU experts.
+        from CPU memory (token_reads), then more GPU layers.
 
         Without `fewer`: `start` GPU layers, and for a MoE model (the expert lever) the experts of the first N blocks
-        on the CPU for every N that moves experts off a device (N = 0 first; an N whose last block is a CPU block or
-        has no experts places nothing new and is left out, so the list holds each distinct placement once). With
-        `fewer`: every layer count from `start` down to 0 as well, each with its expert counts. The list is the
-        whole space, so the first placement in it that fits is the cheapest that fits."""
+        on the CPU, for every N that moves experts off a device (N = 0 first; an N whose last block has no experts
+        places nothing new and is left out). Every one of them reads less from RAM than any placement with fewer GPU
+        layers and the experts of those layers' blocks in RAM. With `fewer`: every layer count from `start` down to
+        0, a MoE model's experts all in RAM (--n-cpu-moe n_layer: llama.cpp's fit also moves every expert before it
+        takes a layer off; plan then brings back what experts still fit). Either list is its whole space, so the
+        first placement in it that fits is the cheapest of that space that fits."""
         has_experts = [False] * self.spec.n_layer
         for t, li in zip(self.spec.tensors, self.spec.tensor_layer):
             if 0 <= li < self.spec.n_layer and _EXPERTS.search(t.name):
                 has_experts[li] = True
+        every = max((il + 1 for il, e in enumerate(has_experts) if e), default=0) if self.moe else 0
         out = []
         for ngl in (range(start, -1, -1) if fewer else (start,)):
             first_gpu = max(self.spec.n_layer + 1 - ngl, 0)  # memory.layer_devices: the blocks below are CPU
-            out.append((ngl, 0))
-            if self.moe:
-                out += [(ngl, n) for n in range(first_gpu + 1, self.spec.n_layer_main + 1) if has_experts[n - 1]]
+            if fewer:
+                out.append((ngl, every if every > first_gpu else 0))
+            else:
+                out += [(ngl, 0)] + [(ngl, n) for n in range(first_gpu + 1, every + 1) if has_experts[n - 1]]
         return sorted(out, key=lambda pl: (self.reads(*pl)[0], -pl[0], pl[1]))
 
     def cheapest(self, ctx: int, kv: tuple[str, str], places: list[tuple[int, int]]) -> tuple[int, int] | None:
@@ -367,10 +317,10 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
     # each step keeps the placement of the one before when it reaches --min-ctx: the order's types with every layer
     # on the GPUs; the fallback types with every layer on the GPUs; fewer layers with the order's most compact
     # type; fewer layers with the fallback's most compact type. For a MoE model "every layer on the GPUs" includes
-    # the experts of the first N blocks on the CPU (the smallest N that leaves room for --min-ctx), and "fewer" is
-    # every placement of layers and experts, the one whose tokens read the fewest bytes from CPU memory first.
+    # the experts of the first N blocks on the CPU (the smallest N that leaves room for --min-ctx); "fewer layers"
+    # is the most layers that fit with every expert on the CPU, then the smallest N that still fits with them.
     full = s.placements(start, fewer=False)
-    anywhere: list[tuple[int, int]] = []  # every placement: weighed only when every layer on the GPUs leaves no room
+    anywhere: list[tuple[int, int]] = []  # fewer layers: weighed only when every layer on the GPUs leaves no room
     steps = [(usable, False), (spare, False), (usable, True), (spare, True)]
     kinds, kv, ctx, found = usable or spare, None, 0, {}
     for cand, fewer in steps:
@@ -380,6 +330,8 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
         if not cand or not places:
             continue
         at = s.cheapest(min_ctx, cand[-1], places)
+        if at is not None and fewer and s.moe:  # then as few of the GPU blocks' experts in RAM as still fit
+            at = s.cheapest(min_ctx, cand[-1], s.placements(at[0], fewer=False))
         if at is None:
             if fewer:
                 continue

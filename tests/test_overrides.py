@@ -245,20 +245,24 @@ def test_expert_count_property_against_brute_force(spec_of):
         assert all(p.estimate.resident_bytes(b.device) <= b.usable for b in budgets)
 
 
-def test_least_cpu_reads_when_the_experts_alone_do_not_make_room(spec_of):
-    """A GPU too small for every layer's attention even with --cpu-moe: the plan takes the placement (layers and
-    experts) whose tokens read the fewest bytes from CPU memory among all that fit, found by trying every one."""
+def test_fewer_layers_only_when_every_expert_in_ram_leaves_no_room(spec_of):
+    """A GPU too small for every layer's attention even with --cpu-moe: no (all layers, N) placement fits, so the
+    plan keeps every expert in RAM and takes layers off (llama.cpp's fit does the same), the most GPU layers that fit
+    (every count tried from the top) — the placement with the fewest RAM bytes per token among those — and then
+    brings back the experts of those layers that still fit (none here)."""
     spec = spec_of("qwen3-30b-a3b")
     budgets = [Budget("CUDA0", int(1.6 * GiB), GiB), Budget("CPU", 32 * GiB, int(1.6 * GiB))]
     opts = PlanOptions(repack=False, kv_fallback=())
     p = plan(spec, budgets, opts)
     s = _Search(spec, budgets, opts)
-    every = [(ngl, n) for ngl in range(spec.n_layer + 2) for n in range(spec.n_layer + 1)]
-    fitting = [pl for pl in every if s.fits(4096, ("q8_0", "q8_0"), *pl)]
-    best = min(s.reads(*pl)[0] for pl in fitting)
-    assert s.reads(p.n_gpu_layers, p.n_cpu_moe)[0] == best == token_reads(spec, p.estimate.params)[0]
-    assert (p.n_gpu_layers, p.n_cpu_moe) == (8, 48)  # 7 blocks' attention and the output on the GPU, no experts
+    kv = ("q8_0", "q8_0")
+    assert not any(s.fits(4096, kv, spec.n_layer + 1, n) for n in range(spec.n_layer + 1))
+    fitting = [ngl for ngl in range(spec.n_layer + 2) if s.fits(4096, kv, ngl, spec.n_layer)]
+    assert (p.n_gpu_layers, p.n_cpu_moe) == (max(fitting), 48) == (8, 48)  # 7 blocks' attention and the output
+    assert not any(s.fits(4096, kv, 8, n) for n in (0, *range(42, 48)))  # none of their experts fits back
+    assert s.reads(8, 48)[0] == min(s.reads(ngl, 48)[0] for ngl in fitting) == token_reads(spec, p.estimate.params)[0]
     assert "only 7 of 48 layers (and the experts of the first 48 blocks) fit on the GPU" in p.reasons[2]
+    assert [pl for pl in s.placements(spec.n_layer + 1, fewer=True)][:3] == [(49, 48), (48, 48), (47, 48)]
 
 
 def test_token_reads_count_a_share_of_the_experts(spec_of):
@@ -271,21 +275,6 @@ def test_token_reads_count_a_share_of_the_experts(spec_of):
     assert s.reads(49, 1)[0] == exp0  # experts of block 0: 8 of 128 read per token
     assert s.reads(48, 0)[0] == blk0 + exp0  # block 0 on the CPU: its dense weights whole
     assert s.reads(49, 0)[1] == s.reads(0, 0)[1] == s.reads(0, 0)[0]
-
-
-@pytest.mark.parametrize("name", ["qwen3-30b-a3b", "deepseek-v2-lite", "gpt-oss-20b"])
-def test_the_planners_block_sums_equal_the_tensor_walk(spec_of, name):
-    """The search weighs every (layers, experts) pair from per-block sums; each one equals placement_weights' walk
-    over every tensor as memory.tensor_devices places it (reads and the bytes each device holds), on two GPUs."""
-    from autoctx.planner import placement_weights
-
-    spec = spec_of(name)
-    s = _Search(spec, [Budget("CUDA0", 10 * GiB, GiB), Budget("CUDA1", 6 * GiB, GiB), Budget("CPU", 64 * GiB, GiB)],
-                PlanOptions())
-    places = s.placements(spec.n_layer + 1, fewer=True)
-    assert len(places) == len(set(places)) > spec.n_layer ** 2 // 2
-    for pl in places:
-        assert s.placed(*pl) == placement_weights(spec, s.params(256, ("f16", "f16"), *pl)), pl
 
 
 def test_dense_models_and_ollama_keep_the_layer_lever(spec_of):
@@ -336,3 +325,19 @@ def test_bench_fit_gives_llama_fit_params_only_the_flags_it_takes():
             "8192", "--ctx-checkpoints", "32", "--fit", "off", "-ot", "x=CPU", "--cpu-moe"]
     assert bench.fit_args(argv) == ["-c", "5888", "-np", "1", "-ctk", "q8_0", "-ngl", "49", "--n-cpu-moe", "19",
                                     "-ot", "x=CPU", "--cpu-moe"]
+
+
+def test_fewer_layers_then_the_experts_that_still_fit(spec_of):
+    """When the output layer's logits leave the second GPU no room (a vocabulary of 2**32 - 1 makes a 16 GiB logits
+    buffer), only 2 GPU layers fit, on the first GPU; with them, their experts fit there too (N = 0), which reads
+    less from RAM per token than --n-cpu-moe 48 at the same layer count."""
+    from autoctx.planner import GPU_MARGIN, default_margin
+
+    spec = replace(spec_of("qwen3-30b-a3b"), n_vocab=(1 << 32) - 1)
+    budgets = [Budget("CUDA0", 24 * GiB, GPU_MARGIN), Budget("CUDA1", 16 * GiB, GPU_MARGIN),
+               Budget("CPU", 64 * GiB, default_margin("CPU", 64 * GiB))]
+    p = plan(spec, budgets)
+    s = _Search(spec, budgets, PlanOptions())
+    assert (p.n_gpu_layers, p.n_cpu_moe) == (2, 0)
+    assert not s.fits(4096, ("q8_0", "q8_0"), 3, spec.n_layer) and s.fits(4096, ("q8_0", "q8_0"), 2, spec.n_layer)
+    assert s.reads(2, 0)[0] < s.reads(2, 48)[0]
