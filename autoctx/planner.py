@@ -213,7 +213,7 @@ class _Search:
         first placement in it that fits is the cheapest of that space that fits."""
         has_experts = [False] * self.spec.n_layer
         for t, li in zip(self.spec.tensors, self.spec.tensor_layer):
-            if 0 <= li < self.spec.n_layer and _EXPERTS.search(t.name):
+            if 0 <= li < self.spec.n_layer_main and _EXPERTS.search(t.name):  # NextN/MTP blocks are not loaded
                 has_experts[li] = True
         every = max((il + 1 for il, e in enumerate(has_experts) if e), default=0) if self.moe else 0
         out = []

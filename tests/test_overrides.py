@@ -341,3 +341,12 @@ def test_fewer_layers_then_the_experts_that_still_fit(spec_of):
     assert (p.n_gpu_layers, p.n_cpu_moe) == (2, 0)
     assert not s.fits(4096, ("q8_0", "q8_0"), 3, spec.n_layer) and s.fits(4096, ("q8_0", "q8_0"), 2, spec.n_layer)
     assert s.reads(2, 0)[0] < s.reads(2, 48)[0]
+
+
+def test_the_expert_counts_stop_before_nextn_blocks(spec_of):
+    """A NextN/MTP block is not loaded (unless an MTP context is asked for): no --n-cpu-moe count is spent on it."""
+    spec = spec_of("qwen3-30b-a3b")
+    full = _Search(spec, QWEN3_12G, PlanOptions()).placements(49, fewer=False)
+    assert [n for _, n in full] == list(range(49))
+    mtp = replace(spec, n_layer_nextn=1)  # the last block taken for a NextN block
+    assert [n for _, n in _Search(mtp, QWEN3_12G, PlanOptions()).placements(49, fewer=False)] == list(range(48))
