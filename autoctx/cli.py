@@ -218,10 +218,17 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
     emit: str = typer.Option("", "--emit", help="print only the llama-server arguments (args) or the Modelfile"),
     free: Optional[List[str]] = typer.Option(None, "--free", help="DEVICE=SIZE, e.g. cuda0=24GiB or cpu=16GiB "
-                                             "(repeatable); replaces the probe"),
+                                             "(repeatable); replaces the probe; an RPC device (rpc0=8GiB or "
+                                             "HOST:PORT=8GiB) caps what its worker reports"),
     device: str = typer.Option("", "--device", help="cpu: plan for system RAM only"),
-    margin: str = typer.Option("", "--margin", help="memory to leave free on every device (default: 1 GiB per "
-                               "GPU; 1 GiB or 5 % of RAM)"),
+    margin: Optional[List[str]] = typer.Option(None, "--margin", help="SIZE to leave free on every device, or "
+                                               "DEVICE=SIZE for one (cuda0, cpu, rpc0, HOST:PORT; repeatable); "
+                                               "default: 1 GiB per GPU; 1 GiB or 5 % of RAM (a CPU RPC worker's too)"),
+    rpc: str = typer.Option("", "--rpc", help="HOST:PORT[,HOST:PORT...]: llama.cpp RPC workers (ggml-rpc-server) to "
+                            "plan across, first in llama.cpp's device order; HOST:PORT@cuda names a worker's backend "
+                            "(default cpu)"),
+    llama_server: str = typer.Option("", "--llama-server", help="llama-server binary that asks the --rpc workers "
+                                     "(default: $AUTOCTX_LLAMA_SERVER, then PATH)"),
     max_ctx: int = typer.Option(0, "--max-ctx", help="largest context to consider (default: n_ctx_train)"),
     min_ctx: int = typer.Option(4096, "--min-ctx", help="smallest acceptable context"),
     kv_types: Optional[str] = typer.Option(None, "--kv-types", help="KV types to try, in order (K/V for different "
@@ -275,7 +282,9 @@ def plan(
         raise ArgsError("-ot/--cpu-moe/--n-cpu-moe/--n-cpu-ffn are llama-server flags: an Ollama Modelfile has none")
     if chart:
         _chart_mode(chart)  # a bad --chart is said before the plan is made
-    budgets = budgets_from(free or [], device, margin, warn=_warn)
+    if rpc and runtime == "ollama":
+        raise ArgsError("--rpc is llama-server's: Ollama does not plan across RPC workers")
+    budgets = budgets_from(free or [], device, margin, warn=_warn, rpc=rpc, llama_server=llama_server or None)
     opts = PlanOptions(runtime=runtime, max_ctx=max_ctx or None, min_ctx=min_ctx, **_kv_policy(kinds, runtime),
                        kv_forced=forced, n_parallel=parallel, n_ubatch=ubatch, repack=not no_repack,
                        cpu_repack=host_repack_rules(), tensor_overrides=overrides)
@@ -298,8 +307,9 @@ def plan(
     if as_json:
         print(json.dumps({"model": {"name": spec.name, "path": spec.path, "source": spec.source},
                           "plan": p.as_dict(), "buffers": [b.as_dict() for b in p.estimate.buffers],
-                          "budget": [{"device": b.device, "free_bytes": b.free_bytes, "margin_bytes": b.margin_bytes}
-                                     for b in p.budgets],
+                          "budget": [{"device": b.device, "free_bytes": b.free_bytes, "margin_bytes": b.margin_bytes,
+                                      **({"endpoint": b.dev.endpoint} if b.dev and b.dev.endpoint else {}),
+                                      **({"shares": b.shares} if b.shares else {})} for b in p.budgets],
                           "llama_server_args": args, "modelfile": modelfile, "reasons": p.reasons,
                           "max_ctx_by_kv": p.max_ctx_by_kv}, indent=2))
         return
@@ -321,9 +331,13 @@ def serve(
     model: str = typer.Argument(..., help="GGUF file"),
     server_args: Optional[List[str]] = typer.Argument(None, help="-- then extra llama-server arguments (they win "
                                                       "over the plan, which is redone around them)"),
-    free: Optional[List[str]] = typer.Option(None, "--free", help="DEVICE=SIZE (repeatable); replaces the probe"),
+    free: Optional[List[str]] = typer.Option(None, "--free", help="DEVICE=SIZE (repeatable); replaces the probe; "
+                                             "an RPC device (rpc0=8GiB, HOST:PORT=8GiB) caps its worker's report"),
     device: str = typer.Option("", "--device", help="cpu: plan for system RAM only"),
-    margin: str = typer.Option("", "--margin", help="memory to leave free on every device"),
+    margin: Optional[List[str]] = typer.Option(None, "--margin", help="SIZE to leave free on every device, or "
+                                               "DEVICE=SIZE for one (cuda0, cpu, rpc0, HOST:PORT; repeatable)"),
+    rpc: str = typer.Option("", "--rpc", help="HOST:PORT[,HOST:PORT...]: llama.cpp RPC workers to plan across and "
+                            "load onto (HOST:PORT@cuda names a worker's backend; default cpu)"),
     max_ctx: int = typer.Option(0, "--max-ctx", help="largest context to consider"),
     min_ctx: int = typer.Option(4096, "--min-ctx", help="smallest acceptable context"),
     kv_types: Optional[str] = typer.Option(None, "--kv-types", help="KV types to try, in order (default f16,q8_0, "
@@ -342,7 +356,7 @@ def serve(
     """
     import os
 
-    from .budgets import budget_args, budgets_from
+    from .budgets import budget_flags, budgets_from
     from .planner import PlanOptions
     from .probe.cpu import host_repack_rules
     from .profiles import ProfileStore
@@ -354,17 +368,20 @@ def serve(
     from .serve import probe_after_load, serve_llamacpp
     from .verify import format_rows
 
-    budget_args(free or [], device, margin)  # the command line is checked before anything is started
+    flags = budget_flags(free or [], device, margin, rpc)  # the command line is checked before anything is started
     _context_flags(max_ctx, min_ctx)
     _in_range("--max-tries", max_tries, 1, 100)
     _seconds("--timeout", timeout)
     kinds = None if kv_types is None else _kv_list("--kv-types", kv_types)
-    parse_server_args(list(server_args or []))  # llama-server's arguments too
+    if "rpc" in parse_server_args(list(server_args or [])).explicit:  # llama-server's arguments too
+        raise ArgsError("give the RPC workers to autoctx (serve --rpc HOST:PORT,...), not after --: the plan places "
+                        "layers on them")
     binary = find_llama_server(llama_server or None)
     build = read_build(binary)  # its release (vs the one autoctx mirrors) and its devices, in its names and order
     if build.difference():
         _warn(build.difference())
-    budgets, desc, driver = budgets_from(free or [], device, margin, describe=True, warn=_warn, listed=build.devices)
+    budgets, desc, driver = budgets_from(free or [], device, margin, describe=True, warn=_warn, listed=build.devices,
+                                         rpc=rpc, llama_server=binary)
     opts = PlanOptions(max_ctx=max_ctx or None, min_ctx=min_ctx, **_kv_policy(kinds), cpu_repack=host_repack_rules())
     say = (lambda m: print(f"autoctx: {m}", file=sys.stderr))
     spec = resolve(model, pulled_only=True)
@@ -373,7 +390,7 @@ def serve(
                            "model)")
     result = serve_llamacpp(spec, budgets, opts, list(server_args or []), binary, max_tries=max_tries,
                             timeout=timeout, store=None if no_profile else ProfileStore(), devices_desc=desc,
-                            driver=driver, after_load=None if free else probe_after_load, build=build, say=say)
+                            driver=driver, after_load=None if flags.free else probe_after_load, build=build, say=say)
     server = result.server
     with server:  # whatever happens from here on (a closed pipe, a signal), the server does not outlive autoctx
         if as_json:

@@ -51,9 +51,14 @@ def default_margin(device: str, total_bytes: int) -> int:
 
 @dataclass(frozen=True)
 class Budget:
-    device: str  # CPU, CUDA0, ROCm1 ...
+    device: str  # CPU, CUDA0, ROCm1, RPC0 ...
     free_bytes: int
     margin_bytes: int
+    # the device with its buffer rules (an RPC device's endpoint and worker backend); None: named by `device` alone
+    dev: Device | None = None
+    # the budget whose memory this device's is too ("CPU": an RPC worker on this machine's CPU, loopback): its
+    # buffers count in that budget as well, with that device's own
+    shares: str = ""
 
     @property
     def usable(self) -> int:
@@ -157,7 +162,7 @@ class _Search:
             n_parallel=opts.n_parallel, kv_unified=False, n_batch=opts.n_batch, n_ubatch=opts.n_ubatch,
             flash_attn=opts.flash_attn, fit=False, tensor_split=split, repack=opts.repack,
             cpu_repack=dict(opts.cpu_repack), tensor_overrides=opts.tensor_overrides,
-            devices=tuple(Device(b.device, b.free_bytes) for b in self.gpus), **opts.beside,
+            devices=tuple(b.dev or Device(b.device, b.free_bytes) for b in self.gpus), **opts.beside,
             cache_ram_mib=opts.cache_ram_mib or 0, ctx_checkpoints=opts.ctx_checkpoints or 0,
         )
         self.cache: dict[tuple, Estimate | None] = {}
@@ -249,6 +254,7 @@ class _Search:
         out = {}
         for b in self.budgets:
             used = est.resident_bytes(b.device) + est.later_bytes(b.device)  # + what fills after /health
+            used += shared_bytes(self.budgets, est, b.device)  # loopback RPC workers' buffers in this machine's RAM
             if used > b.usable:
                 out[b.device] = used - b.usable
         return out
@@ -375,6 +381,8 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
                        + " (--kv-types f16,q8_0 refuses it)")
     if s.gpus:
         gpu_s = "GPU" + ("s" if len(s.gpus) > 1 else "")
+        if any(b.dev and b.dev.backend.remote for b in s.gpus):
+            gpu_s = "devices" if len(s.gpus) > 1 else "device"
         cpu_read, all_read = token_reads(spec, est.params)
         given = " ".join(f"{flag} {value}".strip() for flag, value in opts.tensor_overrides)
         if ngl == all_layers and not n_cpu_moe:
@@ -392,8 +400,9 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
         if cpu_read:
             reasons.append(slowdown(cpu_read, all_read))
         if s.tensor_split:
-            reasons.append("layers split across GPUs in proportion to usable memory: -ts "
+            reasons.append(f"layers split across {gpu_s} in proportion to usable memory: -ts "
                            + ",".join(f"{x:g}" for x in s.tensor_split))
+        reasons += network_reasons(spec, est, budgets)
     if opts.n_parallel > 1:
         reasons.append(f"{opts.n_parallel} slots of {ctx} tokens each (KV cache × {opts.n_parallel})")
     reasons += host_reasons
@@ -402,6 +411,7 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
 
 
 _EXPERTS = re.compile(FFN_EXPS_REGEX)  # what --cpu-moe / --n-cpu-moe move: the routed experts' weights
+_FFN_WEIGHTS = re.compile(r"\.ffn_(up|down|gate)")  # a block's FFN matmul weights (dense, experts, shared experts)
 # An assumption for the slowdown class, not a measurement: a GPU reads its memory ~10× faster than a desktop CPU
 # reads RAM (GDDR6/HBM at 0.4–3 TB/s against dual-channel DDR4/DDR5 at 50–100 GB/s); generating a token reads every
 # weight it uses once, so the time per token follows the bytes read from each memory.
@@ -460,6 +470,63 @@ def slowdown(cpu_read: int, all_read: int) -> str:
             f"~{GPU_CPU_BANDWIDTH}× slower than GPU memory)")
 
 
+def shared_bytes(budgets: list[Budget], est: Estimate, device: str) -> int:
+    """The bytes the devices sharing `device`'s memory hold (Budget.shares: RPC workers on this machine's CPU)."""
+    return sum(est.resident_bytes(b.device) + est.later_bytes(b.device) for b in budgets if b.shares == device)
+
+
+def network_reasons(spec: ModelSpec, est: Estimate, budgets: list[Budget]) -> list[str]:
+    """What an RPC placement costs: the output layer's device, the layer boundaries that cross the network (from the
+    input embedding through every block and the output layer back to this machine, which reads the logits) and the
+    bytes each one carries, and the RPC workers whose memory is this machine's RAM. Empty without RPC devices."""
+    p = est.params
+    devs = {d.name: d for d in p.devices}
+    if not any(d.backend.remote for d in p.devices):
+        return []
+
+    def machine(dev: str) -> str:
+        d = devs.get(dev)
+        return d.endpoint or d.name if d is not None and d.backend.remote else "local"
+
+    def label(dev: str) -> str:
+        d = devs.get(dev)
+        return f"{dev}[{d.endpoint}]" if d is not None and d.backend.remote and d.endpoint else dev
+
+    where = tensor_devices(spec, p, est.layer_device, est.output_device)
+    inp = next((dev for t, dev in zip(spec.tensors, where) if t.name == "token_embd.weight" and dev), CPU)
+    ffn: dict[int, str] = {}  # a block whose FFN weights (experts) an override put elsewhere runs that part there
+    for t, li, dev in zip(spec.tensors, spec.tensor_layer, where):
+        if 0 <= li < len(est.layer_device) and dev and dev != est.layer_device[li] and _FFN_WEIGHTS.search(t.name):
+            ffn.setdefault(li, dev)
+    stages = [(inp, "the input embedding")]
+    for il, dev in enumerate(est.layer_device):
+        stages.append((dev, f"at block {il}"))
+        if il in ffn:
+            stages.append((ffn[il], f"at block {il}'s FFN"))
+    stages += [(est.output_device, "at the output layer"), (CPU, "for the logits")]
+    crossings = [f"{label(a)} → {label(b)} {what}" for (a, _), (b, what) in zip(stages, stages[1:])
+                 if machine(a) != machine(b)]
+    shown = crossings if len(crossings) <= 6 else crossings[:4] + [f"… {len(crossings) - 5} more", crossings[-1]]
+    out = []
+    if est.n_gpu_layers:
+        out.append(f"output layer on {label(est.output_device)}: llama.cpp gives it to the last device of the split "
+                   "(RPC devices come first in its device order, this machine's GPUs after them)")
+    act = est.n_ubatch * spec.n_embd * 4  # the f32 residual stream between two blocks
+    if crossings:
+        out.append(f"network: {len(crossings)} layer boundar{'y crosses' if len(crossings) == 1 else 'ies cross'} it "
+                   f"({'; '.join(shown)}): each costs a network round trip per generated token, and each prompt "
+                   f"batch sends {est.n_ubatch} × {spec.n_embd} × 4 B = {act / MiB:,.2f} MiB of activations across "
+                   "it (ubatch × n_embd, f32)")
+    else:
+        out.append("network: no layer boundary crosses it (the RPC devices hold nothing of this placement)")
+    shared = [b.device for b in budgets if b.shares]
+    if shared:
+        out.append(f"{', '.join(shared)} run{'s' if len(shared) == 1 else ''} on this machine (loopback): rpc-server "
+                   "reports this machine's RAM, so their buffers are counted in the CPU budget with the CPU's own "
+                   "(not twice)")
+    return out
+
+
 def memory_curve(spec: ModelSpec, plan_: Plan, kv: tuple[str, str], points: int = 24) -> list[tuple[int, int]]:
     """(context, bytes on the tightest device) for a chart, at the plan's layer placement."""
     s = _Search(spec, plan_.budgets, PlanOptions(n_parallel=plan_.n_parallel, n_ubatch=plan_.ubatch,
@@ -492,7 +559,8 @@ def host_cache(s: _Search, est: Estimate, p: Params) -> tuple[Estimate, Params, 
     from .memory import checkpoint_bytes
 
     cpu = next((b for b in s.budgets if b.device == CPU), None)
-    left = None if cpu is None else cpu.usable - est.resident_bytes(CPU) - est.later_bytes(CPU)
+    left = None if cpu is None else (cpu.usable - est.resident_bytes(CPU) - est.later_bytes(CPU)
+                                     - shared_bytes(s.budgets, est, CPU))
     reasons = []
     n_ckpt, cache = p.ctx_checkpoints, p.cache_ram_mib
     one = checkpoint_bytes(est) * p.n_parallel

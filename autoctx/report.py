@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .planner import Plan, memory_curve
+from .planner import Plan, memory_curve, shared_bytes
 
 GiB = 1024**3
 
@@ -21,8 +21,12 @@ def plan_table(p: Plan) -> str:
                        for k in ("model", "kv", "compute", "output"))
         later = est.later_bytes(b.device)  # prompt cache and checkpoints, filled after /health
         total = w + kv + c + o + later
+        shared = shared_bytes(p.budgets, est, b.device)  # loopback RPC workers' buffers in this machine's RAM
         lines.append(f"{b.device:<8}{_g(w):>10}{_g(kv):>10}{_g(c):>10}{_g(o):>10}{_g(later):>10}{_g(total):>10}"
-                     f"{_g(b.margin_bytes):>10}{_g(b.free_bytes):>10}{_g(b.usable - total):>10}")
+                     f"{_g(b.margin_bytes):>10}{_g(b.free_bytes):>10}{_g(b.usable - total - shared):>10}")
+    sharing = [b.device for b in p.budgets if b.shares]
+    if sharing:
+        lines.append(f"  CPU left: after {', '.join(sharing)} too (RPC workers on this machine: its RAM)")
     if any(est.later):
         lines.append("  later: llama-server's prompt cache and context checkpoints, filled after /health "
                      "(--cache-ram, --ctx-checkpoints)")

@@ -17,7 +17,7 @@ from .errors import AutoctxError
 from .planner import Budget, Plan, PlanOptions, plan
 from .profiles import Profile, ProfileKey, ProfileStore, apply_corrections, model_digest, runtime_build
 from .runtimes.llamacpp.args import ParsedArgs, parse_server_args
-from .runtimes.llamacpp.build import BuildInfo, read_build
+from .runtimes.llamacpp.build import BuildInfo, read_build, rpc_failure
 from .runtimes.llamacpp.launch import LlamaServer
 from .runtimes.llamacpp.server import ServerError, last_lines
 from .verify import Row, compare
@@ -72,7 +72,11 @@ class ServeResult:
         return not self.flags
 
     def report(self) -> dict:
+        budget = [{"device": b.device, "free_bytes": b.free_bytes, "margin_bytes": b.margin_bytes,
+                   **({"endpoint": b.dev.endpoint} if b.dev is not None and b.dev.endpoint else {}),
+                   **({"shares": b.shares} if b.shares else {})} for b in self.plan.budgets]
         return {"plan": self.plan.as_dict(), "argv": self.argv, "attempts": self.attempts, "flags": self.flags,
+                "budget": budget,
                 "comparison": [r.as_dict() for r in self.rows], "reasons": self.plan.reasons, "notes": self.notes,
                 "profile": self.profile_path, "llama_server": None if self.build is None else self.build.as_dict(),
                 "after_load": None if self.after is None else {"free_bytes": self.after.free,
@@ -179,8 +183,10 @@ def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: li
                 oom = server.log().oom
                 status = server.returncode()
                 if not oom:
-                    raise ServerError(f"llama-server exited with status {status} while loading; last lines:\n"
-                                      + last_lines(server.log_text()))
+                    workers = list(dict.fromkeys(d.endpoint for d in p.params.devices if d.endpoint))
+                    dead = rpc_failure(server.log_text(), binary, workers) if workers else None
+                    raise ServerError(dead or f"llama-server exited with status {status} while loading; last "
+                                      "lines:\n" + last_lines(server.log_text()))
                 line = (f"attempt {attempt}: llama-server ran out of memory loading num_ctx {p.num_ctx} "
                         f"KV {p.cache_type_k}/{p.cache_type_v} ({_strip_prefix(oom[0])[:120]})")
                 attempts.append(line)

@@ -61,3 +61,50 @@ def spec_of(shape_file, gemma_path):
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def rpc_endpoints(tmp_path_factory):
+    """Two real ggml-rpc-server workers on 127.0.0.1 (tests/rpc_workers.py) for a test module: ["127.0.0.1:PORT", ...].
+    Stopped when the module is done; none may have died during its tests, none may outlive them."""
+    from tests import rpc_workers as rw
+
+    binary = rw.worker_binary()
+    folder = tmp_path_factory.mktemp("rpc")
+    procs: list[subprocess.Popen] = []
+    try:
+        ports = []
+        for k in range(2):
+            proc, port = rw.start_worker(binary, folder, k)
+            procs.append(proc)
+            ports.append(port)
+        yield [f"127.0.0.1:{p}" for p in ports]
+        for proc in procs:
+            assert proc.poll() is None, "an RPC worker died during the tests"
+    finally:
+        for proc in procs:
+            rw.stop(proc)
+        assert all(proc.poll() is not None for proc in procs)
+        assert rw.orphans([p.pid for p in procs]) == []  # no worker or llama-server outlives the module
+
+
+@pytest.fixture
+def rpc_worker(tmp_path):
+    """rpc_worker() -> (Popen, "127.0.0.1:PORT"): one more real worker for this test alone (one it may kill); every one
+    started is stopped and reaped when the test ends."""
+    from tests import rpc_workers as rw
+
+    binary = rw.worker_binary()
+    procs: list[subprocess.Popen] = []
+
+    def start():
+        proc, port = rw.start_worker(binary, tmp_path, len(procs))
+        procs.append(proc)
+        return proc, f"127.0.0.1:{port}"
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            rw.stop(proc)
+        assert rw.orphans([p.pid for p in procs]) == []

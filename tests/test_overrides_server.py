@@ -1,6 +1,6 @@
-"""Tensor overrides against the real llama-server: two ggml-rpc-server workers as devices RPC0 and RPC1 (the fixtures of
-tests/test_rpc_server.py), MoE shapes whose experts -ot, --cpu-moe and --n-cpu-moe move off them, and autoctx
-predicting every model, KV and output buffer the server prints, by device and buffer name.
+"""Tensor overrides against the real llama-server: two ggml-rpc-server workers as devices RPC0 and RPC1 (the fixture
+`rpc_endpoints` of tests/conftest.py), MoE shapes whose experts -ot, --cpu-moe and --n-cpu-moe move off them, and
+autoctx predicting every model, KV and output buffer the server prints, by device and buffer name.
 
 What the cases prove: the expert patterns of --cpu-moe/--n-cpu-moe (MoE blocks, the dense lead block of DeepSeek,
 its shared experts staying, gpt-oss's expert biases), -ot's first-match-wins order across several flags, a CPU
@@ -18,7 +18,6 @@ from autoctx.memory import estimate, tensor_devices
 from autoctx.model import load_spec
 from autoctx.runtimes.llamacpp.args import parse_server_args
 from autoctx.runtimes.llamacpp.server import last_lines, measure_allocation
-from tests.test_rpc_server import rpc_endpoints  # noqa: F401 (the module's workers)
 
 MiB = 1024 * 1024
 SHAPE = ["--no-repack", "--no-warmup"]
@@ -47,7 +46,7 @@ CASE_IDS = [c[0] for c in CASES]
 
 
 @pytest.fixture(scope="module")
-def run_case(rpc_endpoints, llama_server, shape_file):  # noqa: F811
+def run_case(rpc_endpoints, llama_server, shape_file):
     done: dict[str, tuple] = {}
 
     def run(case_id: str):
@@ -92,7 +91,7 @@ def _model(est) -> dict[str, int]:
 
 
 @pytest.mark.server
-def test_overrides_moved_what_they_name(run_case, rpc_endpoints):  # noqa: F811
+def test_overrides_moved_what_they_name(run_case, rpc_endpoints):
     """The exact buffers above come from these placements: each override moved the tensors it names, and only those."""
     rpc0, rpc1 = (f"RPC0[{ep}]" for ep in rpc_endpoints)
     est, _ = run_case("qwen3-n-cpu-moe-46")

@@ -2,7 +2,8 @@
 splitting a model across them (RPC0, RPC1) and the local CPU, and autoctx predicting every buffer it prints.
 
 The workers are the pinned build's ggml-rpc-server (scripts/llama-server-path --bin ggml-rpc-server), bound to
-127.0.0.1 on ephemeral ports, one thread each, stopped when the module is done. Each worker exposes its CPU, so an
+127.0.0.1 on ephemeral ports, one thread each, stopped when the module is done (tests/conftest.py `rpc_endpoints`,
+tests/rpc_workers.py). Each worker exposes its CPU, so an
 RPC device follows the CPU backend's buffer rules (alignment 32, no quantized-row padding) while the host side (the
 CPU's weights, the output buffer, the host compute buffer) is the local CPU's, and neither device lends a host
 buffer type, so the CPU's weights may still be repacked. What these runs prove, none of it CUDA-specific:
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import pytest
 from autoctx.memory import CPU, estimate, pipeline_parallel
 from autoctx.model import load_spec
 from autoctx.runtimes.llamacpp.args import parse_server_args
-from autoctx.runtimes.llamacpp.server import free_port, last_lines, measure_allocation
+from autoctx.runtimes.llamacpp.server import last_lines, measure_allocation
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -67,64 +67,6 @@ CASES = [
     ("qwen-ngl0", "qwen2.5-0.5b", [*SHAPE, "-c", "2048", "-np", "1", "-ngl", "0"]),
 ]
 CASE_IDS = [c[0] for c in CASES]
-
-
-def _listening(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:port (/proc/net/tcp: local address 0100007F:PORT, state 0A)."""
-    want = f"0100007F:{port:04X}"
-    try:
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return False
-    return any(f[1] == want and f[3] == "0A" for f in (line.split() for line in lines))
-
-
-def _start_worker(binary: str, folder: Path, k: int) -> tuple[subprocess.Popen, int]:
-    """One ggml-rpc-server on 127.0.0.1, on a port that was free a moment ago (retried if another process took it)."""
-    for attempt in range(5):
-        port = free_port()
-        log = open(folder / f"rpc-worker-{k}-{attempt}.log", "w")
-        proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port), "-t", "1"], stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None and not _listening(port):
-            time.sleep(0.05)
-        if proc.poll() is None and _listening(port):
-            return proc, port
-        _stop(proc)
-    raise RuntimeError(f"ggml-rpc-server did not start; see {folder}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def rpc_endpoints(tmp_path_factory):
-    binary = subprocess.run([sys.executable, str(ROOT / "scripts" / "llama-server-path"), "--bin",
-                             "ggml-rpc-server"], capture_output=True, text=True, check=True).stdout.strip()
-    folder = tmp_path_factory.mktemp("rpc")
-    procs: list[subprocess.Popen] = []
-    try:
-        ports = []
-        for k in range(2):
-            proc, port = _start_worker(binary, folder, k)
-            procs.append(proc)
-            ports.append(port)
-        yield [f"127.0.0.1:{p}" for p in ports]
-        for proc in procs:
-            assert proc.poll() is None, "an RPC worker died during the tests"
-    finally:
-        for proc in procs:
-            _stop(proc)
-        assert all(proc.poll() is not None for proc in procs)  # no orphans
 
 
 @pytest.fixture(scope="module")

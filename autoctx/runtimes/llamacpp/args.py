@@ -367,6 +367,10 @@ def to_server_args(p: Params, model: str | None = None) -> list[str]:
     argv: list[str] = []
     if model:
         argv += ["-m", model]
+    remote = [d for d in p.devices if d.backend.remote and d.endpoint]
+    if remote:  # the workers, then every device in the planned order (--rpc first: -dev needs their devices named)
+        argv += ["--rpc", ",".join(dict.fromkeys(d.endpoint for d in remote)),
+                 "-dev", ",".join(d.name for d in p.devices)]
     argv += ["-c", str(p.n_ctx), "-np", str(p.n_parallel), "-ctk", p.cache_type_k, "-ctv", p.cache_type_v,
              "-fa", p.flash_attn, "-ngl", str(p.n_gpu_layers), "-b", str(p.n_batch), "-ub", str(p.n_ubatch)]
     if p.kv_unified is not None:

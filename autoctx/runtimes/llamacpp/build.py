@@ -137,6 +137,33 @@ def rpc_workers(binary: str, endpoints: list[str], timeout: float = 30.0) -> tup
     return tuple(out)
 
 
+_RPC_ENDPOINT_FAILURE = re.compile(r"(Failed to connect to|RPC handshake failed for|Failed to parse endpoint:) (\S+)")
+_RPC_CRASHED = "Remote RPC server crashed or returned malformed response"
+
+
+def rpc_failure(log_text: str, binary: str, endpoints: list[str]) -> str | None:
+    """One line naming the RPC worker that made llama-server give up (ggml-rpc.cpp aborts: a worker it cannot reach
+    or that stopped answering mid-load), or None when its log shows no RPC failure. A worker that died mid-load is
+    not named in llama.cpp's abort: each endpoint is asked again, and the ones that no longer answer are named."""
+    if m := _RPC_ENDPOINT_FAILURE.search(log_text):
+        why = next((msg.format(*g.groups()) for rx, msg in _RPC_FAILURES if (g := rx.search(log_text))), m[1])
+        return f"RPC worker {m[2]} {why}; llama-server could not load the model"
+    if m := re.search(r"RPC server version mismatch: (\S+)", log_text):
+        return (f"an RPC worker speaks RPC protocol {m[1]}, another than this llama-server's: run the same llama.cpp "
+                "build on every worker")
+    if _RPC_CRASHED not in log_text:
+        return None
+    dead = []
+    for ep in endpoints:
+        try:
+            rpc_workers(binary, [ep], timeout=10)
+        except ServerError:
+            dead.append(ep)
+    who = (f"RPC worker {', '.join(dead)} stopped answering" if dead else
+           f"an RPC worker ({', '.join(endpoints)}) failed")
+    return f"{who} while llama-server loaded the model (llama.cpp: {_RPC_CRASHED})"
+
+
 def read_build(binary: str, devices: bool = True, timeout: float = 60.0) -> BuildInfo:
     """What the binary says of itself; `devices` also asks for its device list (initialises the GPU backends)."""
     version, number, commit, built = parse_version(_run(binary, "--version", timeout))

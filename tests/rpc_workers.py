@@ -1,0 +1,77 @@
+"""Real llama.cpp RPC workers for the tests: the pinned build's ggml-rpc-server (scripts/llama-server-path --bin
+ggml-rpc-server) bound to 127.0.0.1 on ephemeral ports, one thread each, started and stopped by the tests.
+
+tests/conftest.py's `rpc_endpoints` fixture (two workers per test module) and `rpc_worker` (one more worker for a
+test of its own, e.g. one it kills) use these; every worker is stopped and reaped at teardown, and the teardown
+checks with psutil that no worker or llama-server started by the tests outlives them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from autoctx.runtimes.llamacpp.server import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+OWNED = ("ggml-rpc-server", "llama-server")  # the processes a test may start
+
+
+def worker_binary() -> str:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "llama-server-path"), "--bin", "ggml-rpc-server"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:port (/proc/net/tcp: local address 0100007F:PORT, state 0A)."""
+    want = f"0100007F:{port:04X}"
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(f[1] == want and f[3] == "0A" for f in (line.split() for line in lines))
+
+
+def start_worker(binary: str, folder: Path, k: int) -> tuple[subprocess.Popen, int]:
+    """One ggml-rpc-server on 127.0.0.1, on a port that was free a moment ago (retried if another process took it)."""
+    for attempt in range(5):
+        port = free_port()
+        log = open(folder / f"rpc-worker-{k}-{attempt}.log", "w")
+        proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port), "-t", "1"], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None and not listening(port):
+            time.sleep(0.05)
+        if proc.poll() is None and listening(port):
+            return proc, port
+        stop(proc)
+    raise RuntimeError(f"ggml-rpc-server did not start; see {folder}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def orphans(pids: list[int] | None = None) -> list[str]:
+    """Workers and llama-servers still alive among this process's children (and the given pids): none should be."""
+    procs = psutil.Process().children(recursive=True) + [psutil.Process(p) for p in pids or []
+                                                          if psutil.pid_exists(p)]
+    out = []
+    for p in procs:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and p.name().startswith(OWNED):
+                out.append(f"{p.pid} {p.name()}")
+        except psutil.NoSuchProcess:
+            continue
+    return out
