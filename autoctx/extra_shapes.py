@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .gguf._constants import GGMLType, tensor_bytes
+from .gguf.ggml_types import GGMLType, tensor_bytes
 
 F32 = int(GGMLType.F32)
 F16 = int(GGMLType.F16)

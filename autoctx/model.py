@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import UnsupportedModel
 from .gguf import GGUFArray, GGUFFile, GGUFString, TensorInfo, clip
-from .gguf._constants import GGUFValueType
+from .gguf.ggml_types import GGUFValueType
 
 # ---------------------------------------------------------------------------------------------------------------
 # Per-architecture facts that are not in the GGUF (llama.cpp hard-codes them in src/models/<arch>.cpp).

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .gguf._constants import GGML_QUANT_SIZES, GGMLType, tensor_bytes
+from .gguf.ggml_types import GGML_QUANT_SIZES, GGMLType, tensor_bytes
 
 __all__ = ["SHAPES", "Shape", "TensorShape", "get_shape", "write_shape_gguf"]
 

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from autoctx.gguf._constants import GGUFValueType
+from autoctx.gguf.ggml_types import GGUFValueType
 
 HERE = Path(__file__).resolve().parent
 REGRESSIONS = HERE / "data" / "fuzz"

@@ -1,4 +1,4 @@
-"""autoctx.gguf.reader and autoctx.gguf._constants on small GGUF files written with the real `gguf` package.
+"""autoctx.gguf.reader and autoctx.gguf.ggml_types on small GGUF files written with the real `gguf` package.
 
 Good files come from `gguf.GGUFWriter` (little- and big-endian, split); malformed ones are built byte by byte (or
 patched from a good one), and each must raise GGUFError with a message that says what is wrong.
@@ -924,7 +924,7 @@ def test_clip(value, shown):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# _constants helpers
+# ggml_types helpers
 # ---------------------------------------------------------------------------------------------------------------
 
 

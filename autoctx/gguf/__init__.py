@@ -1,6 +1,6 @@
-"""GGUF header reading (fast, bounded) and the ggml type tables borrowed from the `gguf` package."""
+"""GGUF header reading (fast, bounded) and the ggml type tables (generated from the pinned `gguf` package)."""
 
-from ._constants import GGML_QUANT_SIZES, GGMLType, row_bytes, tensor_bytes, type_from_name, type_name
+from .ggml_types import GGML_QUANT_SIZES, GGMLType, row_bytes, tensor_bytes, type_from_name, type_name
 from .reader import GGUFArray, GGUFError, GGUFFile, GGUFString, TensorInfo, clip, read_gguf, split_paths
 
 __all__ = [

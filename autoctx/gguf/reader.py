@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUFValueType, tensor_bytes, type_name
+from .ggml_types import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUFValueType, tensor_bytes, type_name
 
 __all__ = ["GGUFError", "GGUFArray", "GGUFString", "TensorInfo", "GGUFFile", "clip", "read_gguf", "split_paths"]
 
