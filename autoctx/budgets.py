@@ -93,7 +93,8 @@ def budget_flags(free: list[str], device: str, margin: str | list[str] | None, r
         name, eq, text = item.rpartition("=")
         if not eq:
             if f.margin is not None:
-                raise ArgsError(f"--margin SIZE given twice ({item!r}): the others name a device, --margin DEVICE=SIZE")
+                raise ArgsError(f"--margin SIZE given twice (then {item!r}): one SIZE for every device, "
+                                "DEVICE=SIZE for one")
             f.margin = size("--margin", item)
             continue
         dev, _ = name_of("--margin", name)

@@ -3,7 +3,7 @@ ggml-rpc-server) bound to 127.0.0.1 on ephemeral ports, one thread each, started
 
 tests/conftest.py's `rpc_endpoints` fixture (two workers per test module) and `rpc_worker` (one more worker for a
 test of its own, e.g. one it kills) use these; every worker is stopped and reaped at teardown, and the teardown
-checks with psutil that no worker or llama-server started by the tests outlives them.
+checks with psutil that none of them, and no llama-server started by the tests, outlives them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import psutil
 from autoctx.runtimes.llamacpp.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-OWNED = ("ggml-rpc-server", "llama-server")  # the processes a test may start
 
 
 def worker_binary() -> str:
@@ -63,14 +62,13 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
-def orphans(pids: list[int] | None = None) -> list[str]:
-    """Workers and llama-servers still alive among this process's children (and the given pids): none should be."""
-    procs = psutil.Process().children(recursive=True) + [psutil.Process(p) for p in pids or []
-                                                          if psutil.pid_exists(p)]
+def orphans(pids: list[int]) -> list[str]:
+    """The given workers still alive, and any llama-server among this process's descendants: none should be."""
     out = []
-    for p in procs:
+    for p in [psutil.Process(p) for p in pids if psutil.pid_exists(p)] + psutil.Process().children(recursive=True):
         try:
-            if p.status() != psutil.STATUS_ZOMBIE and p.name().startswith(OWNED):
+            alive = p.status() != psutil.STATUS_ZOMBIE
+            if alive and (p.pid in pids or p.name().startswith("llama-server")):
                 out.append(f"{p.pid} {p.name()}")
         except psutil.NoSuchProcess:
             continue
