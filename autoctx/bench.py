@@ -15,7 +15,7 @@ from dataclasses import dataclass
 MiB = 1024 * 1024
 SHAPE_ARGS = ["--no-repack", "--no-warmup", "--fit", "off"]
 
-# (model, args): "gemma" is the real Gemma-3-270M Q4_K_M; other names are autoctx.shapes catalog entries.
+# (model, args): "gemma" is the real Gemma-3-270M Q4_K_M; other names are autoctx.catalog entries.
 GEMMA_CASES: list[list[str]] = [
     ["-c", "8192"],  # llama-server defaults: np auto = 4 slots, unified KV
     ["-c", "4096", "-np", "1"],

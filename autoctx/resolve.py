@@ -4,7 +4,7 @@
 2. an Ollama model name (`qwen2.5:32b`) pulled into the local model store (its GGUF blob is read directly);
    else what the Ollama server's `/api/show` says of it (remote server, unreadable store);
 3. a shipped profile (package data, autoctx/data/profiles/ollama/*.toml): the architecture and tensor shapes of a
-   popular Ollama tag from autoctx.shapes, so that a model can be planned before it is pulled.
+   popular Ollama tag from the autoctx.catalog, so that a model can be planned before it is pulled.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def shipped_profiles() -> dict[str, dict]:
 
 def shipped_profile(name: str) -> ModelSpec | None:
     from .runtimes.ollama.store import parse_name
-    from .shapes import get_shape, header_view
+    from .catalog import get_shape, header_view
 
     short = parse_name(name).short
     prof = shipped_profiles().get(short)

@@ -4,7 +4,7 @@
 Usage: .venv/bin/python scripts/bench_accuracy.py [--cases all|gemma|shapes|gpu-logs|fit] [--no-latency]
        [--reader-runs N]
 Runs the real llama-server (scripts/llama-server-path) on the real Gemma-3-270M and on shape-only GGUFs written
-from autoctx.shapes into a temporary folder, then prints the GPU-log table (scripts/bench_gpu_logs.py: public GPU
+from the autoctx.catalog into a temporary folder, then prints the GPU-log table (scripts/bench_gpu_logs.py: public GPU
 logs re-estimated, no GPU needed; `--cases gpu-logs` prints only that) and the side-by-side with llama.cpp's own fit
 (scripts/bench_fit.py: llama-fit-params and autoctx plan on one device budget; `--cases fit` prints only that).
 """
@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autoctx.bench import all_cases, latency_rows, run_case  # noqa: E402
-from autoctx.shapes import get_shape, write_shape_gguf  # noqa: E402
+from autoctx.catalog import get_shape  # noqa: E402
+from tests.shapes_writer import write_shape_gguf  # noqa: E402
 
 
 def path_of(script: str, *args: str) -> str:

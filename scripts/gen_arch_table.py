@@ -75,7 +75,7 @@ def _memory(arch: str) -> str:
 def _checked() -> dict[str, list[str]]:
     """architecture -> the shapes (and the real Gemma-3-270M) checked against the real llama-server."""
     from autoctx.bench import SHAPE_CASES
-    from autoctx.shapes import get_shape
+    from autoctx.catalog import get_shape
     from tests.test_accuracy_server import NEW_ARCH_CASES
 
     out: dict[str, list[str]] = {"gemma3": ["gemma-3-270m (real GGUF)"]}
@@ -105,9 +105,10 @@ def table(names: list[str]) -> str:
 
 
 def tags_table() -> str:
-    """The shipped profiles: tag, shape, quantization, predicted weights vs the size Ollama's library lists."""
+    """The shipped profiles: tag, shape, quantization, predicted weights vs the size Ollama's library lists (or the
+    published file the catalog entry cites)."""
+    from autoctx.catalog import get_shape
     from autoctx.resolve import shipped_profiles
-    from autoctx.shapes import get_shape
 
     rows = ["| tag | architecture | shape | quantization | weights (autoctx) | published | projector |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -115,6 +116,8 @@ def tags_table() -> str:
         shape = get_shape(p["shape"])
         size = p.get("published_size")
         published = f"[{size}]({p['size_source']})" if size else "-"
+        if not size and shape.published:
+            published = f"[{shape.published['bytes'] / 1e9:.2f} GB file]({shape.published['url']})"
         rows.append(f"| `{tag}` | {shape.arch} | `{p['shape']}` | {p.get('quantization', 'Q4_K_M')} | "
                     f"{shape.weight_bytes / 1e9:.2f} GB | {published} | {p.get('projector', '-')} |")
     return "\n".join(rows) + "\n"

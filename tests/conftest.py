@@ -33,8 +33,9 @@ def gemma_path() -> str:
 
 @pytest.fixture(scope="session")
 def shape_file(tmp_path_factory):
-    """shape_file(name) -> path of a shape-only GGUF for autoctx.shapes' catalog entry (written once per session)."""
-    from autoctx.shapes import get_shape, write_shape_gguf
+    """shape_file(name) -> path of a shape-only GGUF for autoctx.catalog's entry (written once per session)."""
+    from autoctx.catalog import get_shape
+    from tests.shapes_writer import write_shape_gguf
 
     folder = tmp_path_factory.mktemp("shapes")
     made: dict[str, str] = {}
@@ -49,7 +50,7 @@ def shape_file(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def spec_of(shape_file, gemma_path):
-    """spec_of(name) -> ModelSpec: "gemma"/"gemma-3-270m..." is the real GGUF, other names come from autoctx.shapes."""
+    """spec_of(name) -> ModelSpec: "gemma"/"gemma-3-270m..." is the real GGUF, other names are catalog entries."""
     from autoctx.model import load_spec
 
     cache = {}

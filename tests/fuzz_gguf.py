@@ -1,6 +1,6 @@
 """Fuzz the GGUF path: mutated headers through read_gguf → spec_from_gguf → estimate → plan, each in a bounded worker.
 
-A GGUF header is untrusted input. The seeds are real and shape headers: the real Gemma-3-270M, autoctx.shapes of
+A GGUF header is untrusted input. The seeds are real and shape headers: the real Gemma-3-270M, catalog entries of
 several families (llama, Mixtral and Qwen3 MoE, Gemma 3 iSWA, DeepSeek-V2 MLA, gpt-oss, Cohere2) and small
 recurrent/hybrid headers written here (mamba, rwkv6, jamba, qwen3next). Their tokenizer arrays are cut short (to 300
 entries; Gemma's to 5000, past the reader's decode limit, so the skipping path is fuzzed too) so that a case is a few
@@ -616,7 +616,8 @@ SLIM_GEMMA = 5000  # past the reader's decode limit (4096): the lazy-array path
 def _small_shapes() -> list:
     """Recurrent and hybrid models (none in the catalog): mamba and rwkv6 (every layer recurrent), jamba (layers with
     0 KV heads are recurrent; MoE) and qwen3next (one full-attention layer in four)."""
-    from autoctx.shapes import F32, Shape, TensorShape
+    from autoctx.catalog import Shape, TensorShape
+    from autoctx.quant_policy import F32
 
     def shape(name: str, arch: str, n_layer: int, kv: dict, layer: Callable[[int], list], n_embd: int = 256):
         md = {"general.architecture": arch, "general.name": name, f"{arch}.block_count": n_layer,
@@ -660,7 +661,8 @@ def _header_of(path: str, keep: int) -> Header:
 
 
 def build_seeds(folder: Path, gemma: str | None) -> dict[str, Header]:
-    from autoctx.shapes import get_shape, write_shape_gguf
+    from autoctx.catalog import get_shape
+    from tests.shapes_writer import write_shape_gguf
 
     seeds: dict[str, Header] = {}
     for shape in [get_shape(n) for n in SHAPE_SEEDS] + _small_shapes():

@@ -14,7 +14,7 @@ A corpus file is a public llama.cpp log as it was posted, under a header of `#` 
 The model is rebuilt without its GGUF: `spec_from_log` turns the `print_info:`/`llm_load_print_meta:` lines (of the
 log, or quoted in the header from another public log of the same model) into the GGUF metadata keys llama.cpp read
 them from and runs `autoctx.model.spec_from_gguf` on that synthetic header, so the same per-architecture rules apply
-(SWA pattern, recurrent layers, NextN). A log of a model autoctx.shapes knows may name it (`"shape"`) instead; the
+(SWA pattern, recurrent layers, NextN). A log of a model autoctx.catalog knows may name it (`"shape"`) instead; the
 printed hparams are then checked against the shape. Tensors are left out (weights are not compared).
 
 This lives in tests/, not in autoctx/: it needs the corpus headers (placement, sources) that a bare log does not
@@ -159,7 +159,7 @@ def spec_from_log(g: GpuLog) -> ModelSpec:
     """The ModelSpec llama.cpp had: from a named shape, or from the printed hparams (+ `gguf` keys of the header)."""
     meta = g.meta
     if "shape" in meta:
-        from autoctx.shapes import get_shape, header_view
+        from autoctx.catalog import get_shape, header_view
 
         f = header_view(get_shape(meta["shape"]))
         f.metadata.update(meta.get("gguf", {}))

@@ -65,7 +65,7 @@ def test_shape_only(llama_server, shape_file, name, args):
     check_against_server(llama_server, shape_file(name), [*SHAPE_ARGS, *args])
 
 
-# Architectures modelled for issue 13, each on the shape of its smallest published model (autoctx.shapes cites the
+# Architectures modelled for issue 13, each on the shape of its smallest published model (autoctx.catalog cites the
 # config): KV, recurrent-state (RS) and output buffers exact, compute within 10 %.
 NEW_ARCH_CASES: list[tuple[str, list[str]]] = [
     ("lfm2-350m", ["-c", "8192", "-np", "1"]),  # lfm2: 10 short-conv blocks (RS) + 6 attention blocks (KV)

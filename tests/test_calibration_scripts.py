@@ -217,7 +217,8 @@ def test_a_budget_that_is_spent_leaves_a_cut_file(tmp_path):
 
 def test_a_carried_header_becomes_the_same_gguf(tmp_path):
     from autoctx.gguf import read_gguf
-    from autoctx.shapes import get_shape, write_shape_gguf
+    from autoctx.catalog import get_shape
+    from tests.shapes_writer import write_shape_gguf
 
     prep = gc.load_script("gpu-carry-prepare")
     manifest = prep.models(tmp_path / "carry", ("llama-3.1-8b",), gc.GEMMA)
@@ -225,7 +226,7 @@ def test_a_carried_header_becomes_the_same_gguf(tmp_path):
     assert entry["n_layer"] == 32 and (tmp_path / "carry/models/manifest.json").is_file()
     path, n_layer, source = gc.materialize("llama-3.1-8b", tmp_path / "models", tmp_path / "carry")
     fresh = write_shape_gguf(get_shape("llama-3.1-8b"), tmp_path / "fresh.gguf")
-    assert (n_layer, source) == (32, "autoctx.shapes")
+    assert (n_layer, source) == (32, "autoctx.catalog")
     assert path.stat().st_size == Path(fresh).stat().st_size == entry["size"]
     assert path.stat().st_blocks * 512 < 16 * MiB  # the weights are a hole
     a, b = read_gguf(path), read_gguf(fresh)

@@ -15,7 +15,7 @@ from autoctx.errors import ArgsError
 from autoctx.memory import (CPU, GGML_SCHED_MAX_COPIES, Device, Params, _fa_f16_copy_floats, compute_bytes,
                             estimate, graph_inputs, op_offload_device, pipeline_parallel)
 from autoctx.runtimes.llamacpp.args import parse_server_args, to_server_args
-from autoctx.shapes import get_shape, header_view
+from autoctx.catalog import get_shape, header_view
 from autoctx.model import spec_from_gguf
 
 MiB = 1024 * 1024

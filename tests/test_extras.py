@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 
 from autoctx.errors import ArgsError, UnsupportedModel
-from autoctx.extra_shapes import gemma3_mmproj, header_file, lora_adapter, write_header_gguf
+from tests.extra_shapes import gemma3_mmproj, header_file, lora_adapter, write_header_gguf
 from autoctx.extras import Encoder, Extras, load_extras, lora_from_gguf, projector_from_gguf
 from autoctx.memory import (REPACK_ARM_I8MM, REPACK_X86_AVX2, Device, Params, checkpoint_bytes, estimate, n_rs_seq,
                             projector_compute_bytes, spec_n_max)
@@ -22,7 +22,7 @@ from autoctx.model import spec_from_gguf
 from autoctx.planner import Budget, PlanOptions, plan
 from autoctx.runtimes.llamacpp.args import parse_server_args, to_server_args
 from autoctx.runtimes.llamacpp.logparse import CLIP_CONTEXT, parse_server_log
-from autoctx.shapes import get_shape, header_view
+from autoctx.catalog import get_shape, header_view
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

@@ -1,7 +1,8 @@
 """The files beside the model against the real pinned llama-server (CPU): every buffer it prints equals the prediction
 (weights and KV to the 0.01 MiB it prints, compute within 10 %), per llama_context.
 
-Shape-only GGUFs (autoctx.shapes, autoctx.extra_shapes), real hyperparameters and tensor shapes:
+Shape-only GGUFs (tests/shapes_writer.py of autoctx.catalog entries, tests/extra_shapes.py), real hyperparameters and
+tensor shapes:
 - a vision projector: Gemma-3-4B-it's mmproj (SigLIP-so400m + the Gemma 3 projector, google/gemma-3-4b-it
   config.json vision_config) with the Gemma-3-4B text model;
 - a draft model: Qwen2.5-0.5B-Instruct drafting for Qwen2.5-7B-Instruct (the same Qwen2.5 vocabulary; HF configs
@@ -19,14 +20,14 @@ import sys
 
 import pytest
 
-from autoctx.extra_shapes import gemma3_mmproj, lora_adapter, write_header_gguf
+from tests.extra_shapes import gemma3_mmproj, lora_adapter, write_header_gguf
 from autoctx.extras import load_extras
 from autoctx.memory import estimate
 from autoctx.model import load_spec
 from autoctx.runtimes.llamacpp.args import parse_server_args
 from autoctx.runtimes.llamacpp.logparse import CLIP_CONTEXT
 from autoctx.runtimes.llamacpp.server import last_lines, measure_allocation
-from autoctx.shapes import get_shape
+from autoctx.catalog import get_shape
 from autoctx.verify import compare
 
 MiB = 1024 * 1024

@@ -31,6 +31,8 @@ def test_the_wheel_carries_the_shipped_profiles_and_plans_before_a_pull(tmp_path
     shipped = site / "autoctx" / "data" / "profiles" / "ollama" / "qwen2.5_32b.toml"
     assert got["model"]["name"] == "qwen2.5:32b" and got["model"]["path"] == "shipped:qwen2.5:32b"
     assert got["model"]["source"].startswith(f"shipped profile {shipped} (weights ")
+    assert (site / "autoctx" / "data" / "catalog" / "qwen2.5-32b.toml").is_file()  # the catalog is package data
+    assert not list(site.glob("numpy*")) and not list(site.glob("gguf*"))  # run time needs neither
     # the same plan as the checkout gives: the wheel lacks nothing the planner reads
     here = subprocess.run([sys.executable, "-m", "autoctx.cli", *args], capture_output=True, text=True, env=env,
                           cwd=ROOT)

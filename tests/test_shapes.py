@@ -1,4 +1,4 @@
-"""The shape catalog (autoctx.shapes): stable tensor inventories, well-formed shape-only GGUFs, and the real proof,
+"""The shape catalog (autoctx.catalog): stable tensor inventories, well-formed shape-only GGUFs, and the real proof,
 a CPU llama-server loading every one of them and printing its buffer sizes."""
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from autoctx.gguf import GGML_QUANT_SIZES, GGMLType, read_gguf, type_name
-from autoctx.shapes import SHAPES, Shape, TensorShape, get_shape, write_shape_gguf
+from autoctx import catalog
+from autoctx.catalog import Shape, TensorShape, get_shape
+from tests.shapes_writer import write_shape_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,7 +63,7 @@ MiB = 1024 * 1024
 
 
 def test_catalog_is_the_expected_set():
-    assert set(SHAPES) == set(EXPECTED)
+    assert set(catalog.names()) == set(EXPECTED)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -80,7 +82,7 @@ def test_shape_builds_with_stable_inventory(name):
     assert {f"blk.{i}.attn_norm.weight" for i in range(n_layer)} <= set(names)
     assert shape.tensor("token_embd.weight").shape == (shape.metadata[f"{shape.arch}.embedding_length"],
                                                        shape.n_vocab)
-    assert get_shape(name) == shape  # builders are pure
+    assert get_shape(name) == shape  # loading is pure
 
 
 def _type_counts(name: str) -> dict[str, int]:
@@ -113,9 +115,39 @@ def test_unknown_shape_names_the_known_ones():
         get_shape("no-such-model")
 
 
-def test_import_is_cheap():
-    code = "import sys, autoctx.shapes; assert 'numpy' not in sys.modules and 'gguf' not in sys.modules"
+def test_the_catalog_loads_without_numpy_or_gguf():
+    code = ("import sys; from autoctx.catalog import get_shape, header_view, names; "
+            "[header_view(get_shape(n)) for n in names()]; "
+            "assert 'numpy' not in sys.modules and 'gguf' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_every_catalog_file_names_itself_and_cites_its_config():
+    from autoctx.catalog import CATALOG
+
+    for path in CATALOG.glob("*.toml"):
+        shape = get_shape(path.stem)
+        assert shape.name == path.stem
+        assert f"https://huggingface.co/{shape.source} (config.json)" in path.read_text()
+
+
+def test_a_bad_catalog_entry_is_refused(tmp_path, monkeypatch):
+    from autoctx import catalog
+
+    monkeypatch.setattr(catalog, "CATALOG", tmp_path)
+    text = (ROOT / "autoctx" / "data" / "catalog" / "llama-3.2-1b.toml").read_text()
+    (tmp_path / "bad.toml").write_text(text.replace('["attn_q.weight", [2048, 2048]]', '["attn_q.weight", [2048, 0]]'))
+    with pytest.raises(ValueError, match="catalog bad: tensor 'attn_q.weight' has a bad shape"):
+        get_shape("bad")
+    (tmp_path / "bad.toml").write_text(text.replace('"tokenizer.ggml.bos_token_id" = 128000',
+                                                    '"tokenizer.ggml.bos_token_id" = 128256'))
+    with pytest.raises(ValueError, match="bos token id 128256 outside the vocabulary of 128256"):
+        get_shape("bad")
+    (tmp_path / "bad.toml").write_text(text.replace('quantization = "Q4_K_M"', 'quantization = "Q3_K_S"'))
+    with pytest.raises(ValueError, match="unknown quantization 'Q3_K_S'"):
+        get_shape("bad")
+    with pytest.raises(ValueError, match="known shapes: bad"):
+        get_shape("../bad")
 
 
 def test_architecture_details():

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from autoctx import catalog
+from autoctx.catalog import get_shape
 from autoctx.resolve import shipped_profile, shipped_profiles
-from autoctx.shapes import get_shape
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = shipped_profiles()
@@ -45,6 +46,32 @@ def test_weights_match_the_published_size(tag):
     assert abs(weights - size) <= max(0.01 * size, half_unit), (tag, weights, size)
     spec = shipped_profile(tag)
     assert spec.weight_bytes == weights and spec.name == tag
+
+
+CITED = sorted(n for n in catalog.names() if get_shape(n).published)
+
+
+def test_qwen25_32b_cites_its_published_file():
+    assert "qwen2.5-32b" in CITED
+
+
+@pytest.mark.parametrize("name", CITED)
+def test_weights_match_the_cited_file_to_half_a_percent(name):
+    """A catalog entry that cites a published file's exact size: the computed weights are within 0.5 % of it and
+    below it by less than a header (tokenizer, chat template) and the tensors' alignment can take."""
+    shape = get_shape(name)
+    pub = shape.published
+    assert pub["url"].startswith("https://huggingface.co/") and pub["url"].endswith(pub["file"])
+    assert shape.quantization in pub["file"].upper().replace("-", "_")
+    gap = pub["bytes"] - shape.weight_bytes
+    assert 0 < gap <= 0.005 * pub["bytes"] and gap < 32 * 1024**2, (name, gap)
+
+
+def test_plan_qwen25_32b_before_a_pull_predicts_the_published_weights():
+    spec = shipped_profile("qwen2.5:32b")
+    published = get_shape("qwen2.5-32b").published["bytes"]
+    assert abs(spec.weight_bytes - published) <= 0.005 * published
+    assert spec.weight_bytes == 19845357568  # 0.030 % under the 19,851,351,776-byte file
 
 
 def test_published_sizes_are_read_as_listed():

@@ -1,7 +1,7 @@
 """Shape-only GGUFs of the files llama-server loads beside a model: a vision projector (`--mmproj`, a `clip`
-GGUF) and a LoRA adapter (`--lora`). Like `autoctx.shapes`, each file is a real header (the keys the converters
-write, every tensor's name, shape and type) followed by a sparse hole for the data, so that llama-server loads it and
-prints the buffers it would print for the real file; the weights read as zeros.
+GGUF) and a LoRA adapter (`--lora`). Like tests/shapes_writer.py's files, each file is a real header (the keys the
+converters write, every tensor's name, shape and type) followed by a sparse hole for the data, so that llama-server
+loads it and prints the buffers it would print for the real file; the weights read as zeros.
 
 * `gemma3_mmproj`: the projector of Gemma-3-4B-it as llama.cpp's converter writes it (conversion/gemma.py
   Gemma3VisionModel + MmprojModel in conversion/base.py): SigLIP-so400m (vision_config of google/gemma-3-4b-it's
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .gguf.ggml_types import GGMLType, tensor_bytes
+from autoctx.gguf.ggml_types import GGMLType, tensor_bytes
 
 F32 = int(GGMLType.F32)
 F16 = int(GGMLType.F16)
@@ -84,7 +84,7 @@ def gemma3_mmproj(projection_dim: int = 2560) -> HeaderShape:
 
 def lora_adapter(base: Any, rank: int = 16, targets: tuple[str, ...] = ("attn_q", "attn_v"),
                  alpha: float = 32.0, ggml_type: int = F32) -> HeaderShape:
-    """A LoRA of rank `rank` on the `targets` weights of every block of `base` (an autoctx.shapes.Shape)."""
+    """A LoRA of rank `rank` on the `targets` weights of every block of `base` (an autoctx.catalog.Shape)."""
     t: list[tuple[str, tuple[int, ...], int]] = []
     for name, shape in ((x.name, x.shape) for x in base.tensors):
         parts = name.split(".")
@@ -103,21 +103,21 @@ def lora_adapter(base: Any, rank: int = 16, targets: tuple[str, ...] = ("attn_q"
 
 
 def write_header_gguf(shape: HeaderShape, path: str | Path) -> Path:
-    """Write `shape` as a GGUF whose tensor data is a sparse hole (as autoctx.shapes.write_shape_gguf)."""
+    """Write `shape` as a GGUF whose tensor data is a sparse hole (as shapes_writer.write_shape_gguf)."""
     import gguf
 
-    from .shapes import _add_metadata, write_sparse
+    from tests.shapes_writer import add_metadata, write_sparse
 
     writer = gguf.GGUFWriter(None, shape.arch)  # adds general.architecture itself
     for key, value in shape.metadata.items():
         if key != "general.architecture":
-            _add_metadata(writer, gguf, key, value)
+            add_metadata(writer, gguf, key, value)
     return write_sparse(writer, list(shape.tensors), Path(path))
 
 
 def header_file(shape: HeaderShape, path: str = ""):
     """The GGUFFile a written HeaderShape reads back as (offsets aligned to 32), without writing it."""
-    from .gguf import GGUFFile, TensorInfo
+    from autoctx.gguf import GGUFFile, TensorInfo
 
     tensors, offset = [], 0
     for name, shp, ggml_type in shape.tensors:
