@@ -600,8 +600,8 @@ def profile_generate(
     llama_server: str = typer.Option("", "--llama-server", help="llama-server binary"),
 ) -> None:
     """Plan, load with llama-server, verify, save the profile (serve --check)."""
-    serve(model=model, server_args=server_args, free=None, device=device, margin="", max_ctx=0, min_ctx=4096,
-          kv_types=None, llama_server=llama_server, check=True, as_json=False, max_tries=3,
+    serve(model=model, server_args=server_args, free=None, device=device, margin=None, rpc="", max_ctx=0,
+          min_ctx=4096, kv_types=None, llama_server=llama_server, check=True, as_json=False, max_tries=3,
           timeout=300.0, no_profile=False)
 
 
