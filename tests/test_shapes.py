@@ -52,6 +52,8 @@ EXPECTED = {
     "mixtral-8x7b-q4_0": (323, 26442850304),
     "gpt-oss-20b-ollama": (459, 13779630336),
     "gpt-oss-120b-ollama": (687, 65355994368),
+    "phi-4": (243, 9055703040),  # as the published Q4_K_M GGUF (243 tensors)
+    "deepseek-r1-671b": (1086, 404488847360),  # 1025 tensors with a fused attn_kv_b; the converter now splits it
 }
 
 MiB = 1024 * 1024
