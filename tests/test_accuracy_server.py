@@ -14,7 +14,8 @@ from autoctx.bench import GEMMA_CASES, SHAPE_ARGS, SHAPE_CASES
 from autoctx.memory import estimate
 from autoctx.model import load_spec
 from autoctx.runtimes.llamacpp.args import parse_server_args
-from autoctx.runtimes.llamacpp.server import last_lines, measure_allocation
+from autoctx.runtimes.llamacpp.launch import measure_allocation
+from autoctx.runtimes.llamacpp.server import last_lines
 
 MiB = 1024 * 1024
 
@@ -71,6 +72,9 @@ NEW_ARCH_CASES: list[tuple[str, list[str]]] = [
     ("lfm2-350m", ["-c", "8192", "-np", "1"]),  # lfm2: 10 short-conv blocks (RS) + 6 attention blocks (KV)
     ("lfm2-350m", ["-c", "16384", "-np", "3", "-ctk", "q8_0", "-ctv", "q8_0"]),  # RS rows per slot
     ("lfm2-8b-a1b", ["-c", "8192", "-np", "2", "-no-kvu"]),  # lfm2moe: 2 dense blocks, then 32 experts
+    # qwen35: 24 Gated DeltaNet blocks (RS) + 8 gated-attention blocks (KV) + the MTP block (block 32)
+    ("qwen3.5-9b", ["-c", "8192", "-np", "1"]),
+    ("qwen3.5-9b", ["-c", "16384", "-np", "2", "-ctk", "q8_0", "-ctv", "q8_0"]),
 ]
 
 

@@ -54,6 +54,7 @@ EXPECTED = {
     "gpt-oss-120b-ollama": (687, 65355994368),
     "phi-4": (243, 9055703040),  # as the published Q4_K_M GGUF (243 tensors)
     "deepseek-r1-671b": (1086, 404488847360),  # 1025 tensors with a fused attn_kv_b; the converter now splits it
+    "qwen3.5-9b": (442, 5769121792),  # qwen35: 24 DeltaNet + 8 attention blocks + the MTP block
 }
 
 MiB = 1024 * 1024
