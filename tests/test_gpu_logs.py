@@ -23,7 +23,9 @@ CHECKS = all_checks()
 def test_corpus_is_real_and_labelled():
     assert LOGS
     for g in LOGS:
-        assert re.match(r"https://github\.com/[\w.-]+/[\w.-]+/(issues|pull)/\d+", g.header.get("source", "")), g.name
+        # an issue/PR thread, or a log file committed to a public repository (at a commit)
+        assert re.match(r"https://github\.com/[\w.-]+/[\w.-]+/((issues|pull)/\d+|blob/[0-9a-f]{40}/\S+)",
+                        g.header.get("source", "")), g.name
         for key in ("build", "gpu", "backend", "model"):
             assert g.header.get(key), f"{g.name}: no '# {key}:' line"
         assert g.backend in ("CUDA", "ROCm", "Vulkan", "Metal"), g.name
