@@ -68,7 +68,8 @@ def run_case(llama_server: str, model_path: str, label: str, args: list[str]) ->
     from .memory import estimate
     from .model import load_spec
     from .runtimes.llamacpp.args import parse_server_args
-    from .runtimes.llamacpp.server import ServerError, last_lines, measure_allocation
+    from .runtimes.llamacpp.launch import measure_allocation
+    from .runtimes.llamacpp.server import ServerError, last_lines
     from .verify import compare
 
     est = estimate(load_spec(model_path), parse_server_args(args).params)

@@ -210,7 +210,7 @@ def rpc_budgets(flags: BudgetFlags, llama_server: str | None = None, warn=None,
         listed = [(f"RPC{k}", ep, None, flags.rpc_free[ep]) for k, (ep, _) in enumerate(flags.rpc)]
     else:
         from .runtimes.llamacpp.build import rpc_workers
-        from .runtimes.llamacpp.server import find_llama_server
+        from .runtimes.llamacpp.launch import find_llama_server
 
         found = rpc_workers(find_llama_server(llama_server or None), [ep for ep, _ in flags.rpc])
         listed = [(d.name, d.description, d.total_bytes, d.free_bytes) for d in found]

@@ -145,7 +145,8 @@ def check(
     4 when a prediction missed, 1 when the server failed to load.
     """
     from .runtimes.llamacpp.build import read_build
-    from .runtimes.llamacpp.server import ServerError, find_llama_server, last_lines, measure_allocation
+    from .runtimes.llamacpp.launch import find_llama_server, measure_allocation
+    from .runtimes.llamacpp.server import ServerError, last_lines
     from .verify import compare, format_rows
 
     _seconds("--timeout", timeout)
@@ -189,7 +190,7 @@ def probe(
     if rpc:
         from .runtimes.llamacpp.args import rpc_devices
         from .runtimes.llamacpp.build import rpc_workers
-        from .runtimes.llamacpp.server import find_llama_server
+        from .runtimes.llamacpp.launch import find_llama_server
 
         endpoints = [d.endpoint for d in rpc_devices("--rpc", rpc)]  # checked HOST:PORT items
         workers = rpc_workers(find_llama_server(llama_server or None), endpoints)
@@ -364,7 +365,7 @@ def serve(
     from .resolve import resolve
     from .runtimes.llamacpp.args import parse_server_args
     from .runtimes.llamacpp.build import read_build
-    from .runtimes.llamacpp.server import find_llama_server
+    from .runtimes.llamacpp.launch import find_llama_server
     from .serve import probe_after_load, serve_llamacpp
     from .verify import format_rows
 

@@ -8,8 +8,6 @@ server in the foreground or stop it (--check).
 
 from __future__ import annotations
 
-import os
-import shlex
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -18,14 +16,11 @@ from .planner import Budget, Plan, PlanOptions, plan
 from .profiles import Profile, ProfileKey, ProfileStore, apply_corrections, model_digest, runtime_build
 from .runtimes.llamacpp.args import ParsedArgs, parse_server_args
 from .runtimes.llamacpp.build import BuildInfo, read_build, rpc_failure
-from .runtimes.llamacpp.launch import LlamaServer
-from .runtimes.llamacpp.server import ServerError, last_lines
+from .runtimes.llamacpp.server import LlamaServer, ServerError, last_lines
 from .verify import Row, compare
 
 MiB = 1024**2
-# test hook: extra llama-server arguments for the first launch only (e.g. a context no machine can hold), to prove
-# the out-of-memory step-down against the real server
-FAULT_ENV = "AUTOCTX_FAULT_FIRST_LOAD_ARGS"
+Launcher = Callable[[str, list[str]], LlamaServer]  # (binary, argv) -> a server not yet started
 
 
 @dataclass
@@ -150,10 +145,11 @@ def measured_by_device(est, log) -> tuple[dict, dict]:
 def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: list[str], binary: str, *,
                    max_tries: int = 3, timeout: float = 300.0, store: ProfileStore | None = None,
                    devices_desc: str = "", driver: str = "", after_load: Callable[..., AfterLoad] | None = None,
-                   build: BuildInfo | None = None, say: Callable[[str], None] = print) -> ServeResult:
+                   build: BuildInfo | None = None, say: Callable[[str], None] = print,
+                   launch: Launcher = LlamaServer) -> ServeResult:
     """Plan, launch, verify, step down, record. `after_load(pid, used_devices)` reads the drivers once loaded;
     `build` is what the binary said of itself (another build than the mirrored one widens the verifier's
-    tolerance)."""
+    tolerance); `launch(binary, argv)` makes each attempt's server (the tests inject one that fails)."""
     parsed = parse_server_args(user_args)
     opts = user_overrides(parsed, opts)
     opts = beside_options(parsed, opts, spec)
@@ -167,15 +163,13 @@ def serve_llamacpp(spec, budgets: list[Budget], opts: PlanOptions, user_args: li
             say(f"warning: {w}")
         budgets, notes = apply_corrections(budgets, profile)
     attempts: list[str] = []
-    fault = os.environ.get(FAULT_ENV, "")
     for attempt in range(1, max_tries + 1):
         p = plan(spec, budgets, opts)
         for n in notes:
             if n not in p.reasons:
                 p.reasons.append(n)
         argv = merged_argv(p.llama_server_args(), user_args)
-        launch_argv = argv + (shlex.split(fault) if fault and attempt == 1 else [])
-        server = LlamaServer(binary, launch_argv)
+        server = launch(binary, argv)
         try:  # the server is ours until the result hands it to the caller: no path out leaves it running
             server.start()
             ready = server.wait_ready(timeout)

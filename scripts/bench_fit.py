@@ -37,7 +37,8 @@ from autoctx.memory import Device, Params, estimate, tensor_devices  # noqa: E40
 from autoctx.model import load_spec  # noqa: E402
 from autoctx.planner import Budget, PlanOptions, plan, token_reads  # noqa: E402
 from autoctx.runtimes.llamacpp.args import parse_server_args  # noqa: E402
-from autoctx.runtimes.llamacpp.server import free_port, measure_allocation  # noqa: E402
+from autoctx.runtimes.llamacpp.launch import measure_allocation  # noqa: E402
+from autoctx.runtimes.llamacpp.server import free_port  # noqa: E402
 from autoctx.catalog import get_shape  # noqa: E402
 from tests.shapes_writer import write_shape_gguf  # noqa: E402
 

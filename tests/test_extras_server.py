@@ -26,7 +26,8 @@ from autoctx.memory import estimate
 from autoctx.model import load_spec
 from autoctx.runtimes.llamacpp.args import parse_server_args
 from autoctx.runtimes.llamacpp.logparse import CLIP_CONTEXT
-from autoctx.runtimes.llamacpp.server import last_lines, measure_allocation
+from autoctx.runtimes.llamacpp.launch import measure_allocation
+from autoctx.runtimes.llamacpp.server import last_lines
 from autoctx.catalog import get_shape
 from autoctx.verify import compare
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autoctx.runtimes.llamacpp.launch import LlamaServer
+from autoctx.runtimes.llamacpp.server import LlamaServer
 
 
 def fake_server(tmp_path: Path, body: str) -> str:

@@ -17,7 +17,8 @@ import pytest
 from autoctx.memory import estimate, tensor_devices
 from autoctx.model import load_spec
 from autoctx.runtimes.llamacpp.args import parse_server_args
-from autoctx.runtimes.llamacpp.server import last_lines, measure_allocation
+from autoctx.runtimes.llamacpp.launch import measure_allocation
+from autoctx.runtimes.llamacpp.server import last_lines
 
 MiB = 1024 * 1024
 SHAPE = ["--no-repack", "--no-warmup"]

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from autoctx.runtimes.llamacpp.server import last_lines, measure_allocation
+from autoctx.runtimes.llamacpp.launch import measure_allocation
+from autoctx.runtimes.llamacpp.server import last_lines
 
 MiB = 1024**2
 

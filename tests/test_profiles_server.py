@@ -22,7 +22,6 @@ def serve_cmd(gemma_path: str) -> list[str]:
 @pytest.fixture
 def env(tmp_path, llama_server):
     e = dict(os.environ, AUTOCTX_LLAMA_SERVER=llama_server, AUTOCTX_DATA_DIR=str(tmp_path / "data"))
-    e.pop("AUTOCTX_FAULT_FIRST_LOAD_ARGS", None)
     return e
 
 

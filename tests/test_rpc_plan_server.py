@@ -54,7 +54,6 @@ CASE_IDS = [c[0] for c in CASES]
 def env(tmp_path, llama_server):
     e = dict(os.environ)
     e.update(AUTOCTX_LLAMA_SERVER=llama_server, AUTOCTX_DATA_DIR=str(tmp_path / "data"))
-    e.pop("AUTOCTX_FAULT_FIRST_LOAD_ARGS", None)
     return e
 
 
@@ -82,7 +81,6 @@ def served(rpc_endpoints, llama_server, gemma_path, shape_file, tmp_path_factory
             path = model_path(model, gemma_path, shape_file)
             env = dict(os.environ, AUTOCTX_LLAMA_SERVER=llama_server,
                        AUTOCTX_DATA_DIR=str(tmp_path_factory.mktemp("data")))
-            env.pop("AUTOCTX_FAULT_FIRST_LOAD_ARGS", None)
             r = autoctx(["serve", path, "--rpc", ",".join(rpc_endpoints), *flags_for(flags, rpc_endpoints),
                          "--check", "--json", "--", *user], env)
             assert r.returncode == 0, r.stderr
@@ -171,12 +169,25 @@ def test_allocation_failure_on_a_worker_steps_down(rpc_endpoints, shape_file, en
     """The first launch asks for 4M tokens of KV (~30 GiB per worker, more than this machine has): a worker cannot
     allocate its share and llama-server names its buffer; autoctx steps down to ¾ of the plan's context and the second
     launch loads."""
+    from autoctx.budgets import budgets_from
+    from autoctx.probe.cpu import host_repack_rules
+    from autoctx.runtimes.llamacpp.build import read_build
+    from autoctx.serve import serve_llamacpp
+
+    from .launchers import first_launch_with
+
     _, model, flags, user = CASES[0]
-    env["AUTOCTX_FAULT_FIRST_LOAD_ARGS"] = "-c 4000000"
-    r = autoctx(["serve", shape_file(model), "--rpc", ",".join(rpc_endpoints), *flags_for(flags, rpc_endpoints),
-                 "--check", "--json", "--no-profile", "--", *user], env)
-    assert r.returncode == 0, r.stderr
-    d = json.loads(r.stdout)
+    given = flags_for(flags, rpc_endpoints)
+    free = [v for f, v in zip(given, given[1:]) if f == "--free"]
+    margin = [v for f, v in zip(given, given[1:]) if f == "--margin"]
+    build = read_build(llama_server)
+    budgets = budgets_from(free, "", margin, listed=build.devices, rpc=",".join(rpc_endpoints),
+                           llama_server=llama_server)
+    opts = PlanOptions(min_ctx=4096, cpu_repack=host_repack_rules())
+    res = serve_llamacpp(load_spec(shape_file(model)), budgets, opts, user, llama_server, build=build,
+                         say=lambda m: None, launch=first_launch_with("-c", "4000000"))
+    res.server.close()
+    d = res.report()
     assert d["attempts"][0].startswith("attempt 1: llama-server ran out of memory loading num_ctx 9472 KV q8_0/q8_0 (")
     # llama.cpp allocates the KV buffers in the order of their buffer types' addresses: either worker may say it first
     assert [ep for ep in rpc_endpoints if f"failed to allocate RPC0[{ep}] buffer of size" in d["attempts"][0]]

@@ -24,7 +24,8 @@ import pytest
 from autoctx.memory import CPU, estimate, pipeline_parallel
 from autoctx.model import load_spec
 from autoctx.runtimes.llamacpp.args import parse_server_args
-from autoctx.runtimes.llamacpp.server import last_lines, measure_allocation
+from autoctx.runtimes.llamacpp.launch import measure_allocation
+from autoctx.runtimes.llamacpp.server import last_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024

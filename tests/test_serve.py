@@ -23,7 +23,6 @@ def run(args, env, timeout=300):
 def env(tmp_path, llama_server):
     e = dict(os.environ)
     e.update(AUTOCTX_LLAMA_SERVER=llama_server, AUTOCTX_DATA_DIR=str(tmp_path / "data"))
-    e.pop("AUTOCTX_FAULT_FIRST_LOAD_ARGS", None)
     return e
 
 
@@ -63,24 +62,45 @@ def test_user_arguments_win_and_the_plan_is_redone_around_them(gemma_path, env):
     assert all(c["ok"] for c in d["comparison"])
 
 
-def test_out_of_memory_steps_down_and_relaunches(gemma_path, env):
-    env["AUTOCTX_FAULT_FIRST_LOAD_ARGS"] = "-c 20000000"  # the first launch asks for ~57 GiB of KV cache
-    r = run(["serve", gemma_path, "--device", "cpu", "--check", "--json", "--no-profile"], env)
-    assert r.returncode == 0, r.stderr
-    d = json.loads(r.stdout)
-    assert d["attempts"][0].startswith("attempt 1: llama-server ran out of memory loading num_ctx 32768 KV f16/f16 "
-                                       "(ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer")
-    assert d["attempts"][1] == "attempt 2: loaded num_ctx 24576 KV f16/f16"
-    assert "autoctx: attempt 1: llama-server ran out of memory" in r.stderr
-    assert d["plan"]["num_ctx"] == 24576 and all(c["ok"] for c in d["comparison"])
+def _serve_with_fault(llama_server, gemma_path, **kw):
+    """serve_llamacpp on 15 GiB of RAM whose first launch asks for 20M tokens (~57 GiB of KV cache)."""
+    from autoctx.model import load_spec
+    from autoctx.planner import Budget, PlanOptions
+    from autoctx.probe.cpu import host_repack_rules
+    from autoctx.serve import serve_llamacpp
+
+    from .launchers import first_launch_with
+
+    said: list[str] = []
+    launch = first_launch_with("-c", "20000000")
+    res = serve_llamacpp(load_spec(gemma_path), [Budget("CPU", 16 * 1024**3, 1024**3)],
+                         PlanOptions(min_ctx=4096, cpu_repack=host_repack_rules()), [], llama_server,
+                         say=said.append, launch=launch, **kw)
+    return res, said, launch
 
 
-def test_out_of_memory_every_time_gives_up_with_one_line(gemma_path, env):
-    env["AUTOCTX_FAULT_FIRST_LOAD_ARGS"] = "-c 20000000"
-    r = run(["serve", gemma_path, "--device", "cpu", "--check", "--no-profile", "--max-tries", "1"], env)
-    assert r.returncode == 1
-    last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("autoctx: error: llama-server still ran out of memory after 1 attempts: attempt 1:")
+def test_out_of_memory_steps_down_and_relaunches(llama_server, gemma_path):
+    res, said, launch = _serve_with_fault(llama_server, gemma_path)
+    try:
+        d = res.report()
+        assert d["attempts"][0].startswith("attempt 1: llama-server ran out of memory loading num_ctx 32768 KV "
+                                           "f16/f16 (ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate "
+                                           "buffer")
+        assert d["attempts"][1] == "attempt 2: loaded num_ctx 24576 KV f16/f16"
+        assert said[0].startswith("attempt 1: llama-server ran out of memory")
+        assert d["plan"]["num_ctx"] == 24576 and all(c["ok"] for c in d["comparison"])
+        assert [a[a.index("-c") + 1] for a in launch.argvs] == ["32768", "24576"]  # the fault rode on launch 1 only
+    finally:
+        res.server.close()
+
+
+def test_out_of_memory_every_time_gives_up_with_one_line(llama_server, gemma_path):
+    from autoctx.errors import AutoctxError
+
+    with pytest.raises(AutoctxError) as e:
+        _serve_with_fault(llama_server, gemma_path, max_tries=1)
+    assert "\n" not in str(e.value)
+    assert str(e.value).startswith("llama-server still ran out of memory after 1 attempts: attempt 1:")
 
 
 def test_foreground_serving_forwards_sigterm(gemma_path, env):
