@@ -19,7 +19,7 @@ from typing import Any
 from .gguf.ggml_types import tensor_bytes
 from .quant_policy import model_types
 
-__all__ = ["CATALOG", "Shape", "TensorShape", "get_shape", "header_view", "names"]
+__all__ = ["CATALOG", "Shape", "TensorShape", "get_shape", "header_view", "names", "projector_of"]
 
 CATALOG = Path(__file__).resolve().parent / "data" / "catalog"  # package data (pyproject.toml)
 
@@ -103,15 +103,29 @@ def get_shape(name: str) -> Shape:
                  quantization=d.get("quantization", "Q4_K_M"), published=d.get("published"))
 
 
-def header_view(shape: Shape, path: str = ""):
+VISION_PREFIXES = ("v.", "mm.")  # a vision tower inside the model file (Ollama's blobs of its new-engine models)
+
+
+def header_view(shape: Shape, path: str = "", text_only: bool = False):
     """The GGUFFile a written shape file would read back as (tensor offsets aligned to 32), without any file:
-    enough for ModelSpec and the memory model, e.g. to plan a model before it is downloaded."""
+    enough for ModelSpec and the memory model, e.g. to plan a model before it is downloaded. `text_only` leaves out
+    a vision tower inside the file (v.*, mm.*: what llama-server loads from it as the --mmproj, not as the model)."""
     from .gguf import GGUFFile, TensorInfo
 
     tensors, offset = [], 0
     for t in shape.tensors:
+        if text_only and t.name.startswith(VISION_PREFIXES):
+            continue
         tensors.append(TensorInfo(t.name, t.shape, t.ggml_type, offset, t.nbytes))
         offset += (t.nbytes + 31) // 32 * 32
     meta = dict(shape.metadata)
     meta.setdefault(f"{shape.arch}.vocab_size", shape.n_vocab)
     return GGUFFile([path or f"shape:{shape.name}"], 3, "<", meta, tensors, 32, [0], [offset])
+
+
+def projector_of(shape: Shape, path: str = ""):
+    """The vision tower a catalog entry carries inside its file (an Ollama blob's v.*/mm.* tensors and
+    <arch>.vision.* keys) as the projector llama-server loads from it (extras.ProjectorSpec), or None."""
+    from .extras import inline_projector
+
+    return inline_projector(header_view(shape, path))

@@ -294,6 +294,10 @@ def plan(
     spec = resolve(model)
     opts = _beside(opts, spec, runtime, mmproj, no_mmproj_offload, model_draft, lora or [], cache_ram,
                    ctx_checkpoints)
+    if runtime == "ollama" and not mmproj and spec.source != "gguf":  # Ollama passes the tag's projector
+        from .extras import with_ollama_projector
+
+        opts = with_ollama_projector(opts, model, spec)
     p = run_plan(spec, budgets, opts)
     args = p.llama_server_args()
     modelfile = p.modelfile()

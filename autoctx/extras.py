@@ -185,7 +185,9 @@ PROJECTOR_MEDIA = "application/vnd.ollama.image.projector"
 # Ollama ≥ 0.30 then passes the model blob itself as --mmproj. The projector type by text architecture (UNVERIFIED:
 # read from Ollama's model code, not from a loaded blob).
 INLINE_PROJECTOR_TYPES = {"gemma3": "gemma3", "qwen25vl": "qwen2.5vl_merger", "qwen3vl": "qwen3vl_merger",
-                          "mistral3": "pixtral", "llama4": "llama4"}
+                          "mistral3": "pixtral", "llama4": "llama4",
+                          # Ollama's qwen3.5 blobs: its compat layer loads the tower as a qwen3vl_merger clip
+                          "qwen35": "qwen3vl_merger", "qwen35moe": "qwen3vl_merger"}
 
 
 def inline_projector(f: GGUFFile) -> ProjectorSpec | None:
@@ -205,6 +207,21 @@ def inline_projector(f: GGUFFile) -> ProjectorSpec | None:
     return ProjectorSpec(f.path, "inline vision tower", (enc,), tensors)
 
 
+def shipped_projector(name: str) -> tuple[str, ProjectorSpec] | None:
+    """The vision tower inside a shipped profile's blob (its catalog entry's v.*/mm.* tensors), or None."""
+    from .catalog import get_shape, projector_of
+    from .resolve import shipped_profiles
+    from .runtimes.ollama.store import parse_name
+
+    short = parse_name(name).short
+    prof = shipped_profiles().get(short)
+    if prof is None:
+        return None
+    path = f"shipped:{short}"
+    proj = projector_of(get_shape(prof["shape"]), path)
+    return (path, proj) if proj else None
+
+
 def ollama_projector(name: str, model: ModelSpec) -> tuple[str, ProjectorSpec] | None:
     """What Ollama ≥ 0.30 passes as --mmproj for a pulled model (llm/llama_server.go: the first projector layer; a
     model blob with its vision tower inside is passed itself): (the path, the projector), or None."""
@@ -213,7 +230,9 @@ def ollama_projector(name: str, model: ModelSpec) -> tuple[str, ProjectorSpec] |
     try:
         found = find_model(name)
     except OllamaModelError:
-        return None  # not in the local store (a remote server's model): nothing to read
+        # not in the local store: a shipped profile's blob may carry a vision tower (planned before the pull),
+        # a remote server's model has nothing to read
+        return shipped_projector(name) if model.source.startswith("shipped profile") else None
     layers = found.layers(PROJECTOR_MEDIA)
     if layers:
         path = str(found.blob(layers[0]))
@@ -221,3 +240,15 @@ def ollama_projector(name: str, model: ModelSpec) -> tuple[str, ProjectorSpec] |
     inline = inline_projector(read_gguf(str(found.gguf))) if any(t.name.startswith("v.") for t in model.tensors) \
         else None
     return (str(found.gguf), inline) if inline else None
+
+
+def with_ollama_projector(opts, name: str, model: ModelSpec):
+    """PlanOptions `opts` with the projector Ollama would pass for `name` counted beside the model (the pulled
+    tag's projector layer or vision tower, else a shipped profile's), unchanged when the tag has none."""
+    from dataclasses import replace
+
+    proj = ollama_projector(name, model)
+    if proj is None:
+        return opts
+    extras = replace(opts.extras, projector=proj[1]) if opts.extras else Extras(projector=proj[1])
+    return replace(opts, beside={**opts.beside, "mmproj": proj[0]}, extras=extras)

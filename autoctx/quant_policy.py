@@ -141,9 +141,75 @@ def quant_types(names_shapes: list[tuple[str, tuple[int, ...]]], *, arch: str, n
     return out
 
 
+# Ollama's own Q4_K_M (`ollama create --quantize q4_K_M`, the library's blobs of its new-engine models): its
+# server/quantization.go (github.com/ollama/ollama, newType and getTensorNewType) ports llama_tensor_get_type with
+# differences: vision tensors (v.*, mm.*) stay in their converted type (F16 here, 1-D F32); token_embd is Q4_K
+# unless it doubles as the output; MLA tensors (attn_k_b, attn_v_b, attn_kv_a_mqa, attn_q_a, attn_q_b) Q8_0;
+# attn_qkv Q5_K; ffn_down counted over every ffn_down* tensor against the number of blk.* layers; qwen3next/qwen35/
+# qwen35moe take fixed types per name (attention and DeltaNet projections Q4_K, attn_v and the experts' down Q6_K);
+# per_layer_token_embd stays as converted (F16 here)
+FTYPE_OLLAMA_Q4_K_M = -15
+_OLLAMA_QWEN_LINEAR = {"attn_q": Q4_K, "attn_k": Q4_K, "attn_v": Q6_K, "attn_output": Q4_K, "attn_qkv": Q4_K,
+                       "attn_gate": Q4_K, "ssm_ba": Q4_K, "ssm_beta": Q4_K, "ssm_alpha": Q4_K, "ssm_out": Q4_K,
+                       "ffn_down_exps": Q6_K, "ffn_down_shexp": Q6_K, "ffn_gate_exps": Q4_K, "ffn_gate_shexp": Q4_K,
+                       "ffn_up_exps": Q4_K, "ffn_up_shexp": Q4_K}
+_OLLAMA_KEEP = ("_norm.weight", "ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight", "ssm_conv1d.weight",
+                "shortconv.conv.weight", "time_mix_first.weight", "time_mix_w1.weight", "time_mix_w2.weight",
+                "time_mix_decay_w1.weight", "time_mix_decay_w2.weight", "time_mix_lerp_fused.weight",
+                "attn_rel_b.weight")
+
+
+def ollama_types(names_shapes: list[tuple[str, tuple[int, ...]]], *, arch: str, n_expert: int) -> list[int]:
+    """The ggml type Ollama's quantizer gives each tensor (in file order) of a model it quantizes to Q4_K_M from
+    its converted F16/F32 tensors (server/quantization.go newType)."""
+    names = [n for n, _ in names_shapes]
+    has_output = "output.weight" in names
+    n_attn_v = sum(1 for n in names if any(k in n for k in ("attn_v.weight", "attn_qkv.weight", "attn_kv_b.weight")))
+    n_ffn_down = len({n.split(".")[1] for n in names if n.startswith("blk.")})
+    i_attn_v = i_ffn_down = 0
+    out = []
+    for name, shape in names_shapes:
+        src = F32 if len(shape) < 2 else F16  # the converter's type: 1-D tensors F32, the rest F16
+        if (not name.endswith("weight") or name.startswith("v.") or "mm." in name or len(shape) < 2
+                or any(k in name for k in _OLLAMA_KEEP) or name in ("position_embd.weight", "token_types.weight")
+                or "per_layer_token_embd.weight" in name):
+            out.append(src)
+            continue
+        role = _role(name)
+        if arch in ("qwen3next", "qwen35", "qwen35moe") and role in _OLLAMA_QWEN_LINEAR:
+            out.append(_OLLAMA_QWEN_LINEAR[role])
+            continue
+        new = Q4_K
+        if name == "output.weight" or (not has_output and name == "token_embd.weight"):
+            new = Q8_0 if shape[0] % 256 else Q6_K
+        elif "attn_v.weight" in name:
+            if _use_more_bits(i_attn_v, n_attn_v):
+                new = Q6_K
+            if n_expert == 8:
+                new = Q8_0
+            i_attn_v += 1
+        elif "attn_k.weight" in name:
+            if n_expert == 8:
+                new = Q8_0
+        elif any(k in name for k in ("attn_k_b.weight", "attn_v_b.weight", "attn_kv_a_mqa.weight", "attn_q_a.weight",
+                                     "attn_q_b.weight")):
+            new = Q8_0
+        elif "ffn_down" in name:
+            if _use_more_bits(i_ffn_down, n_ffn_down):
+                new = Q6_K
+            i_ffn_down += 1
+        elif "attn_output.weight" in name:
+            if n_expert == 8:
+                new = Q5_K
+        elif "attn_qkv.weight" in name:
+            new = Q5_K
+        out.append(_fit(new, shape[0]))
+    return out
+
+
 # the quantizations a catalog entry may name (autoctx/data/catalog/*.toml `quantization`)
 QUANTIZATIONS = {"Q4_K_M": FTYPE_MOSTLY_Q4_K_M, "Q4_0": FTYPE_MOSTLY_Q4_0, "MXFP4_MOE": FTYPE_MOSTLY_MXFP4_MOE,
-                 "OLLAMA_MXFP4_BF16": FTYPE_OLLAMA_MXFP4_BF16}
+                 "OLLAMA_MXFP4_BF16": FTYPE_OLLAMA_MXFP4_BF16, "OLLAMA_Q4_K_M": FTYPE_OLLAMA_Q4_K_M}
 
 
 def model_types(names_shapes: list[tuple[str, tuple[int, ...]]], metadata: dict[str, Any],
@@ -155,6 +221,8 @@ def model_types(names_shapes: list[tuple[str, tuple[int, ...]]], metadata: dict[
     n_head, n_head_kv = metadata.get(f"{arch}.attention.head_count"), metadata.get(f"{arch}.attention.head_count_kv")
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {quantization!r}; known: {', '.join(QUANTIZATIONS)}")
+    if quantization == "OLLAMA_Q4_K_M":
+        return ollama_types(names_shapes, arch=arch, n_expert=int(metadata.get(f"{arch}.expert_count") or 0))
     return quant_types(names_shapes, arch=arch, n_layer=n_layer,
                        n_expert=int(metadata.get(f"{arch}.expert_count") or 0), ftype=QUANTIZATIONS[quantization],
                        is_70b=arch == "llama" and n_layer == 80 and n_head != n_head_kv)

@@ -55,6 +55,9 @@ EXPECTED = {
     "phi-4": (243, 9055703040),  # as the published Q4_K_M GGUF (243 tensors)
     "deepseek-r1-671b": (1086, 404488847360),  # 1025 tensors with a fused attn_kv_b; the converter now splits it
     "qwen3.5-9b": (442, 5769121792),  # qwen35: 24 DeltaNet + 8 attention blocks + the MTP block
+    # Ollama's blobs: Ollama's Q4_K_M (quant_policy.ollama_types) and the vision tower inside (F16)
+    "qwen3.5-9b-ollama": (883, 6580902848),
+    "qwen3.5-35b-a3b-ollama": (1194, 23881522624),
 }
 
 MiB = 1024 * 1024

@@ -13,6 +13,7 @@ import pytest
 
 from autoctx import catalog
 from autoctx.catalog import get_shape
+from autoctx.extras import shipped_projector
 from autoctx.resolve import shipped_profile, shipped_profiles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +31,7 @@ def published_bytes(size: str) -> tuple[float, float]:
 
 
 def test_sized_profiles_cite_their_sources():
-    assert len(SIZED) >= 8
+    assert len(SIZED) >= 12
     for tag in SIZED:
         p = PROFILES[tag]
         assert p["size_source"].startswith("https://") and p["library_page"].startswith("https://ollama.com/library/")
@@ -45,7 +46,11 @@ def test_weights_match_the_published_size(tag):
     weights = get_shape(PROFILES[tag]["shape"]).weight_bytes
     assert abs(weights - size) <= max(0.01 * size, half_unit), (tag, weights, size)
     spec = shipped_profile(tag)
-    assert spec.weight_bytes == weights and spec.name == tag
+    proj = shipped_projector(tag)
+    assert spec.weight_bytes + (sum(t.nbytes for t in proj[1].tensors) if proj else 0) == weights
+    assert spec.name == tag
+    assert not any(t.name.startswith(("v.", "mm.")) for t in spec.tensors)  # the tower is the projector
+    assert (proj is not None) == ("inside the blob" in PROFILES[tag]["projector"])
 
 
 CITED = sorted(n for n in catalog.names() if get_shape(n).published)
@@ -87,3 +92,16 @@ def test_plan_an_unpulled_tag(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == "gpt-oss:120b: gpt-oss, 36 layers, n_ctx_train 131072"
     assert "FROM gpt-oss:120b\nPARAMETER num_ctx" in r.stdout
+
+
+def test_plan_counts_the_vision_tower_inside_an_unpulled_blob(tmp_path):
+    """qwen3.5:9b's blob carries its vision tower, which Ollama passes as --mmproj: the plan before the pull counts
+    it beside the model (its 0.91 GB of F16 weights and the encoder's compute) on the GPU."""
+    env = dict(os.environ, OLLAMA_MODELS=str(tmp_path), OLLAMA_HOST="127.0.0.1:9")
+    r = subprocess.run([sys.executable, "-m", "autoctx.cli", "plan", "qwen3.5:9b", "--free", "cuda0=12GiB",
+                        "--runtime", "ollama"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "qwen3.5:9b: qwen35, 33 layers, n_ctx_train 262144"
+    assert re.search(r"beside the model: projector \d+ MiB on CUDA0", r.stdout), r.stdout
+    proj = shipped_projector("qwen3.5:9b")[1]
+    assert proj.encoders[0].n_layer == 27 and sum(t.nbytes for t in proj.tensors) == 912837568
