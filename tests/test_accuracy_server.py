@@ -75,6 +75,9 @@ NEW_ARCH_CASES: list[tuple[str, list[str]]] = [
     # qwen35: 24 Gated DeltaNet blocks (RS) + 8 gated-attention blocks (KV) + the MTP block (block 32)
     ("qwen3.5-9b", ["-c", "8192", "-np", "1"]),
     ("qwen3.5-9b", ["-c", "16384", "-np", "2", "-ctk", "q8_0", "-ctv", "q8_0"]),
+    # gemma4: 50 sliding-window layers (256-wide heads, 16 KV) + 10 full layers (512-wide, 4 KV, K = V)
+    ("gemma-4-31b", ["-c", "8192", "-np", "1"]),
+    ("gemma-4-31b", ["-c", "32768", "-np", "2", "-ctk", "q8_0", "-ctv", "q8_0"]),
 ]
 
 

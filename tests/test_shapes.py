@@ -58,6 +58,7 @@ EXPECTED = {
     # Ollama's blobs: Ollama's Q4_K_M (quant_policy.ollama_types) and the vision tower inside (F16)
     "qwen3.5-9b-ollama": (883, 6580902848),
     "qwen3.5-35b-a3b-ollama": (1194, 23881522624),
+    "gemma-4-31b": (833, 18671229168),  # gemma4: 50 SWA + 10 full-attention layers (K = V), tied
 }
 
 MiB = 1024 * 1024
