@@ -994,8 +994,9 @@ def device_compute_buffers(spec: ModelSpec, p: Params, layer_dev: list[str], out
         # holes are in _LIVE_E_*); with it every split input stays, in 4 copies: the embedding stage's inputs and
         # the CPU's get_rows outputs on the first device, the previous device's output rows (l_out) on the others.
         size = copies * sum(pad(g.bytes, d.alignment) for g in reads(name) if pp or g.use != "embd")
-        if pp:
-            size += copies * pad(row, d.alignment) * (n_get_rows if name == first_dev else 1)
+        if pp:  # an output layer alone gets the n_outputs rows the last block kept (inp_out_ids), not T rows
+            rows_in = row if name in runs or name in ffn_runs else 4 * E * n_outputs
+            size += copies * pad(rows_in, d.alignment) * (n_get_rows if name == first_dev else 1)
         if name == first_dev:
             size += activation(name, _LIVE_E_FIRST, _LIVE_E_FIRST)
         else:

@@ -171,18 +171,77 @@ class _Search:
         # parameter), unless the user placed tensors themselves
         self.moe = bool(spec.is_moe and self.gpus and opts.runtime == "llamacpp" and not opts.tensor_overrides)
         self._weights: dict[tuple[int, int], tuple[int, int, dict[str, int]]] = {}  # placement_weights memo
+        # several devices for llama-server, no tensors placed by the user: -ts per placement (split)
+        self.balance = bool(split and opts.runtime == "llamacpp" and not opts.tensor_overrides)
+        self._splits: dict[tuple[int, int], tuple[float, ...] | None] = {}
 
-    def params(self, ctx: int, kv: tuple[str, str], ngl: int, n_cpu_moe: int = 0) -> Params:
+    def params(self, ctx: int, kv: tuple[str, str], ngl: int, n_cpu_moe: int = 0, balanced: bool = True) -> Params:
         fa = self.opts.flash_attn
         if fa == "auto" and kv[1] not in ("f16", "f32", "bf16"):
             fa = "on"  # a quantized V cache needs flash attention; say it explicitly
         moe = (("--n-cpu-moe", str(n_cpu_moe)),) if n_cpu_moe else ()
         # no layer on a GPU: --no-op-offload, or llama.cpp would still run the prompt batches on the first GPU and
         # reserve a compute buffer there (memory.op_offload_device) that a plan leaving the GPU alone has no room for
-        return replace(self.base, n_ctx=ctx * self.opts.n_parallel, cache_type_k=kv[0], cache_type_v=kv[1],
-                       n_gpu_layers=ngl if self.gpus else 0, flash_attn=fa,
-                       op_offload=self.base.op_offload and (ngl > 0 or not self.gpus),
-                       tensor_overrides=self.base.tensor_overrides + moe)
+        p = replace(self.base, n_ctx=ctx * self.opts.n_parallel, cache_type_k=kv[0], cache_type_v=kv[1],
+                    n_gpu_layers=ngl if self.gpus else 0, flash_attn=fa,
+                    op_offload=self.base.op_offload and (ngl > 0 or not self.gpus),
+                    tensor_overrides=self.base.tensor_overrides + moe)
+        return replace(p, tensor_split=self.split(ngl, n_cpu_moe)) if balanced and self.balance else p
+
+    def split(self, ngl: int, n_cpu_moe: int) -> tuple[float, ...] | None:
+        """-ts for a placement on several devices: whole layers per device (llama.cpp's split of the offloaded
+        layers, memory.layer_devices, is exact at integer counts), chosen so that every device keeps the same room
+        per layer for the KV cache after its weights and its other buffers. The proportional split (layers in
+        proportion to usable memory) ignores that blocks differ: with --n-cpu-moe N the first N blocks leave their
+        experts in RAM and weigh a fraction of the others, the output layer sits on the last device. Memoised per
+        placement; the plan's every estimate is made with it, so a split that fits worse than expected is only
+        found to fit less."""
+        key = (ngl, n_cpu_moe)
+        if key in self._splits:
+            return self._splits[key]
+        self._splits[key] = self.tensor_split
+        spec, n_all = self.spec, self.spec.n_layer
+        act, first = min(ngl, n_all + 1), max(n_all + 1 - ngl, 0)
+        p = self.params(self.opts.min_ctx or 4096, ("f16", "f16"), ngl, n_cpu_moe, balanced=False)
+        try:
+            est = estimate(spec, p, self.weights, self.opts.extras)
+        except AutoctxError:
+            return self.tensor_split
+        names = [b.device for b in self.gpus]
+        layer_dev, out_dev = layer_devices(spec, p, ngl)
+        held, kv_width = [0] * act, [0] * act  # per offloaded slot (blocks from `first`, then the output layer)
+        for t, li, dev in zip(spec.tensors, spec.tensor_layer, tensor_devices(spec, p, layer_dev, out_dev)):
+            if dev in names and first <= li <= n_all and li - first < act:
+                held[li - first] += t.nbytes
+        if spec.tied_output and first + act == n_all + 1:  # the output layer's copy of token_embd (model_buffers)
+            held[-1] += next((t.nbytes for t in spec.tensors if t.name == "token_embd.weight"), 0)
+        for il in range(first, min(n_all, first + act)):
+            if spec.has_kv[il] and not spec.is_swa[il]:  # SWA layers' few cells are left to the estimate
+                kv_width[il - first] = spec.n_embd_k_gqa(il) + spec.n_embd_v_gqa(il)
+        room = [b.usable - (est.device_bytes(d) - est.kind_bytes("model", d) - est.kind_bytes("kv", d))
+                for b, d in zip(self.gpus, names)]
+
+        def counts(x: float) -> list[int] | None:
+            """Greedy: each device in order takes layers while its weights + x per KV width fit its room."""
+            out, d, used = [0] * len(names), 0, 0.0
+            for w, k in zip(held, kv_width):
+                while d < len(names) and used + w + x * k > room[d]:
+                    d, used = d + 1, 0.0
+                if d == len(names):
+                    return None
+                out[d] += 1
+                used += w + x * k
+            return out
+
+        if counts(0.0) is None:
+            return self.tensor_split  # not even the weights: left to the estimate to refuse
+        lo, hi = 0.0, float(max(room) + 1)
+        for _ in range(48):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if counts(mid) is not None else (lo, mid)
+        best = counts(lo)
+        self._splits[key] = tuple(float(c) for c in best)
+        return self._splits[key]
 
     def estimate(self, ctx: int, kv: tuple[str, str], ngl: int, n_cpu_moe: int = 0) -> Estimate | None:
         key = (ctx, kv, ngl, n_cpu_moe)
@@ -399,15 +458,18 @@ def plan(spec: ModelSpec, budgets: list[Budget], opts: PlanOptions | None = None
                            "run on the CPU")
         if cpu_read:
             reasons.append(slowdown(cpu_read, all_read))
-        if s.tensor_split:
+        if p.tensor_split and s.balance:
+            reasons.append(f"layers per device (-ts {','.join(f'{x:g}' for x in p.tensor_split)}): each {gpu_s[:-1]} "
+                           "keeps the same room per layer for the KV cache after its weights")
+        elif p.tensor_split:
             reasons.append(f"layers split across {gpu_s} in proportion to usable memory: -ts "
-                           + ",".join(f"{x:g}" for x in s.tensor_split))
+                           + ",".join(f"{x:g}" for x in p.tensor_split))
         reasons += network_reasons(spec, est, budgets)
     if opts.n_parallel > 1:
         reasons.append(f"{opts.n_parallel} slots of {ctx} tokens each (KV cache × {opts.n_parallel})")
     reasons += host_reasons
     return Plan(spec, ctx, kv[0], kv[1], p.flash_attn, ngl if s.gpus else 0, opts.n_parallel, opts.n_ubatch,
-                s.tensor_split, est, budgets, reasons, found, p, n_cpu_moe=n_cpu_moe, extras=opts.extras)
+                p.tensor_split, est, budgets, reasons, found, p, n_cpu_moe=n_cpu_moe, extras=opts.extras)
 
 
 _EXPERTS = re.compile(FFN_EXPS_REGEX)  # what --cpu-moe / --n-cpu-moe move: the routed experts' weights

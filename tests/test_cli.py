@@ -143,7 +143,7 @@ def test_plan_json_and_svg_chart(shape_file, tmp_path):
     assert d["budget"] == [{"device": "CUDA0", "free_bytes": 16 * 1024**3, "margin_bytes": 1024**3},
                            {"device": "CUDA1", "free_bytes": 16 * 1024**3, "margin_bytes": 1024**3}]
     args = d["llama_server_args"]
-    assert args[args.index("-ts") + 1] == "15360,15360"
+    assert args[args.index("-ts") + 1] == "33,32"  # 64 blocks + output, whole layers (planner._Search.split)
     assert {b["device"] for b in d["buffers"] if b["kind"] == "kv"} == {"CUDA0", "CUDA1"}
     svg = chart.read_text()
     assert svg.startswith("<svg") and "polyline" in svg and f"plan: {d['plan']['num_ctx']}" in svg

@@ -328,19 +328,23 @@ def test_bench_fit_gives_llama_fit_params_only_the_flags_it_takes():
 
 
 def test_fewer_layers_then_the_experts_that_still_fit(spec_of):
-    """When the output layer's logits leave the second GPU no room (a vocabulary of 2**32 - 1 makes a 16 GiB logits
-    buffer), only 2 GPU layers fit, on the first GPU; with them, their experts fit there too (N = 0), which reads
-    less from RAM per token than --n-cpu-moe 48 at the same layer count."""
+    """When the output layer's weights leave the second GPU no room (a vocabulary of 2**32 - 1), a split in proportion
+    to memory fits only 2 GPU layers (on the first GPU, with their experts: N = 0 reads less from RAM than N = 48 at
+    that count). The split by room per layer puts every block and the output layer on the first GPU (-ts 49,0) and
+    the experts of 32 blocks in RAM: it reads less from RAM per token than either."""
     from autoctx.planner import GPU_MARGIN, default_margin
+    from tests.test_planner import assert_fits_and_is_maximal
 
     spec = replace(spec_of("qwen3-30b-a3b"), n_vocab=(1 << 32) - 1)
     budgets = [Budget("CUDA0", 24 * GiB, GPU_MARGIN), Budget("CUDA1", 16 * GiB, GPU_MARGIN),
                Budget("CPU", 64 * GiB, default_margin("CPU", 64 * GiB))]
     p = plan(spec, budgets)
+    assert (p.n_gpu_layers, p.n_cpu_moe, p.tensor_split, p.estimate.output_device) == (49, 32, (49.0, 0.0), "CUDA0")
+    assert_fits_and_is_maximal(p, budgets)
     s = _Search(spec, budgets, PlanOptions())
-    assert (p.n_gpu_layers, p.n_cpu_moe) == (2, 0)
+    s.balance = False  # in proportion to memory
     assert not s.fits(4096, ("q8_0", "q8_0"), 3, spec.n_layer) and s.fits(4096, ("q8_0", "q8_0"), 2, spec.n_layer)
-    assert s.reads(2, 0)[0] < s.reads(2, 48)[0]
+    assert s.reads(49, 32)[0] < s.reads(2, 0)[0] < s.reads(2, 48)[0]
 
 
 def test_the_expert_counts_stop_before_nextn_blocks(spec_of):

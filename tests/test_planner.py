@@ -71,14 +71,28 @@ def test_one_24gib_gpu_keeps_f16_when_the_target_fits(spec_of):
     assert_fits_and_is_maximal(smaller, gpus(20))
 
 
-def test_two_16gib_gpus_split_by_usable_memory(spec_of):
+def test_two_gpus_split_in_whole_layers(spec_of):
     spec = spec_of("qwen2.5-32b")
     budgets = [Budget("CUDA0", 16 * GiB, GiB), Budget("CUDA1", 12 * GiB, GiB)]
     p = plan(spec, budgets)
-    assert p.tensor_split == (15360.0, 11264.0)
-    assert "-ts" in p.llama_server_args() and "15360,11264" in p.llama_server_args()
+    assert p.tensor_split == (38.0, 27.0)  # 64 blocks + the output layer, as counts llama.cpp splits exactly
+    assert p.llama_server_args()[p.llama_server_args().index("-ts") + 1] == "38,27"
     layers = p.estimate.layer_device
-    assert layers.count("CUDA0") > layers.count("CUDA1") > 0
+    assert (layers.count("CUDA0"), layers.count("CUDA1"), p.estimate.output_device) == (38, 26, "CUDA1")
+    assert any("-ts 38,27): each GPU keeps the same room per layer" in r for r in p.reasons)
+    assert_fits_and_is_maximal(p, budgets)
+
+
+def test_moe_split_fills_both_devices(spec_of):
+    """--n-cpu-moe N leaves the first N blocks' experts in RAM: a split in proportion to memory would give the first
+    device those light blocks (qwen3-30b-a3b on 2 x 8 GiB: 805 MiB used of 7 GiB, experts of 30 blocks in RAM); the
+    split by room per layer fills both and keeps the experts of 12 blocks only in RAM."""
+    spec = spec_of("qwen3-30b-a3b")
+    budgets = [Budget("CUDA0", 8 * GiB, GiB), Budget("CUDA1", 8 * GiB, GiB), Budget("CPU", 64 * GiB, 2 * GiB)]
+    p = plan(spec, budgets)
+    assert (p.n_gpu_layers, p.n_cpu_moe, p.tensor_split, p.num_ctx) == (49, 12, (30.0, 19.0), 14080)
+    used = [p.estimate.resident_bytes(d) for d in ("CUDA0", "CUDA1")]
+    assert all(6.9 * GiB < u <= 7 * GiB for u in used), used
     assert_fits_and_is_maximal(p, budgets)
 
 

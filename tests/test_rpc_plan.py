@@ -93,15 +93,15 @@ def test_plan_args_in_llamacpp_device_order_and_network_reasons(spec_of):
     p = plan(spec, b)
     assert p.llama_server_args() == [
         "-m", spec.path, "--rpc", f"{A},{B}", "-dev", "RPC0,RPC1,CUDA0", "-c", "75008", "-np", "1", "-ctk", "q8_0",
-        "-ctv", "q8_0", "-fa", "on", "-ngl", "17", "-b", "2048", "-ub", "512", "-no-kvu", "-ts", "1024,2048,1024",
+        "-ctv", "q8_0", "-fa", "on", "-ngl", "17", "-b", "2048", "-ub", "512", "-no-kvu", "-ts", "4,9,4",
         "--cache-ram", "8192", "--ctx-checkpoints", "32", "--fit", "off"]
-    assert p.estimate.layer_device == ["RPC0"] * 5 + ["RPC1"] * 8 + ["CUDA0"] * 3
+    assert p.estimate.layer_device == ["RPC0"] * 4 + ["RPC1"] * 9 + ["CUDA0"] * 3
     assert p.reasons[2:6] == [
         "all 16 layers + output on the devices",
-        "layers split across devices in proportion to usable memory: -ts 1024,2048,1024",
+        "layers per device (-ts 4,9,4): each device keeps the same room per layer for the KV cache after its weights",
         "output layer on CUDA0: llama.cpp gives it to the last device of the split (RPC devices come first in its "
         "device order, this machine's GPUs after them)",
-        f"network: 3 layer boundaries cross it (CPU → RPC0[{A}] at block 0; RPC0[{A}] → RPC1[{B}] at block 5; "
+        f"network: 3 layer boundaries cross it (CPU → RPC0[{A}] at block 0; RPC0[{A}] → RPC1[{B}] at block 4; "
         f"RPC1[{B}] → CUDA0 at block 13): each costs a network round trip per generated token, and each prompt "
         "batch sends 512 × 2048 × 4 B = 4.00 MiB of activations across it (ubatch × n_embd, f32)"]
     assert p.estimate.params.devices[1].rules.name == "CUDA"  # the @cuda worker's buffers follow CUDA's rules
@@ -112,11 +112,11 @@ def test_experts_in_ram_cross_the_network_twice_per_block(spec_of):
     back: two boundaries per such block, counted (and the list shortened)."""
     p = plan(spec_of("qwen3-30b-a3b"), budgets_from([f"{A}=8GiB", f"{B}=6GiB", "cpu=32GiB"], "", None,
                                                      rpc=f"{A},{B}"))
-    assert p.n_cpu_moe == 36 and p.n_gpu_layers == 49
+    assert (p.n_cpu_moe, p.n_gpu_layers, p.tensor_split) == (17, 49, (36.0, 13.0))
     net = next(r for r in p.reasons if r.startswith("network:"))
-    assert net.startswith(f"network: 74 layer boundaries cross it (CPU → RPC0[{A}] at block 0; RPC0[{A}] → CPU at "
-                          f"block 0's FFN; CPU → RPC0[{A}] at block 1; RPC0[{A}] → CPU at block 1's FFN; … 69 more; "
-                          f"RPC1[{B}] → CPU for the logits)")  # 1 in, 2 × 36 blocks, 1 out for the logits
+    assert net.startswith(f"network: 37 layer boundaries cross it (CPU → RPC0[{A}] at block 0; RPC0[{A}] → CPU at "
+                          f"block 0's FFN; CPU → RPC0[{A}] at block 1; RPC0[{A}] → CPU at block 1's FFN; … 32 more; "
+                          f"RPC1[{B}] → CPU for the logits)")  # 1 in, 2 × 17 blocks, RPC0 → RPC1, 1 out for the logits
 
 
 def test_loopback_workers_share_the_cpu_ram(spec_of):
