@@ -47,6 +47,9 @@ GiB = 1024**3
 # (shape, emulated GPU GiB): the issue's MoE case, three more MoE layouts, a dense model
 CASES = [("qwen3-30b-a3b", 12), ("gpt-oss-20b", 8), ("deepseek-v2-lite", 6), ("mixtral-8x7b", 16),
          ("llama-3.1-8b", 6)]
+# (shape, emulated GPU GiB per worker): two RPC workers on loopback as two devices, planned with `autoctx plan --rpc`'s
+# own budgets (autoctx.budgets: the workers asked, each capped with --free, 1 GiB margins)
+RPC_CASES = [("llama-3.1-8b", 3), ("qwen3-30b-a3b", 8), ("gpt-oss-20b", 6)]
 # the flags of a plan that llama-fit-params takes too (it refuses server-only ones such as -no-kvu, --cache-ram)
 _FIT_FLAGS = {"-c": 1, "-np": 1, "-ctk": 1, "-ctv": 1, "-fa": 1, "-ngl": 1, "-b": 1, "-ub": 1, "-ts": 1, "-ot": 1,
               "--cpu-moe": 0, "--n-cpu-moe": 1, "--n-cpu-ffn": 1, "--no-repack": 0}
@@ -93,9 +96,10 @@ def projection(fit_params: str, model: str, ep: str, args: list[str]) -> int:
     return sum(int(x) for x in m.groups())
 
 
-def describe(spec, p: Params, device: Device) -> tuple[str, int, int, float]:
-    """(choice in words, autoctx's estimate of RPC0 in MiB, CPU MiB read per token, % of all reads)."""
-    p = replace(p, devices=(device,))
+def describe(spec, p: Params, device: Device | None) -> tuple[str, int, int, float]:
+    """(choice in words, autoctx's estimate of RPC0 in MiB, CPU MiB read per token, % of all reads); `device`: RPC0
+    (None: the devices `p` has)."""
+    p = p if device is None else replace(p, devices=(device,))
     est = estimate(spec, p)
     cpu, total = token_reads(spec, est.params)
     flags = " ".join(f"{f} {v}".strip() for f, v in p.tensor_overrides)
@@ -109,14 +113,93 @@ def describe(spec, p: Params, device: Device) -> tuple[str, int, int, float]:
     return choice, est.device_bytes("RPC0") // MiB, cpu // MiB, 100 * cpu / total if total else 0.0
 
 
+def fit_choice(fit_params: str, model: str, rpc: str, common: list[str], target: str):
+    """llama-fit-params' own choice for these devices and -fitt targets: (its flags, their Params), or (None, None)
+    when it finds none."""
+    r = subprocess.run([fit_params, "-m", model, "--rpc", rpc, *common, "-fitt", target], capture_output=True,
+                       text=True)
+    lines = [x for x in r.stdout.splitlines() if x.startswith("-c ")]
+    if r.returncode or not lines:
+        return None, None
+    chosen = shlex.split(lines[-1])
+    return chosen, parse_server_args(["--rpc", rpc, *common, *chosen], base=Params(fit=False)).params
+
+
+def rpc_projection(fit_params: str, model: str, eps: list[str], args: list[str]) -> list[int]:
+    """llama.cpp's own projection of RPC0 and RPC1 (model + context + compute, MiB each) for these arguments."""
+    out = subprocess.run([fit_params, "-m", model, "--rpc", ",".join(eps), *args, "-fitp", "on"], capture_output=True,
+                         text=True).stdout
+    rows = {m[1]: sum(int(x) for x in m.groups()[1:]) for m in re.finditer(r"^(RPC\d) (\d+) (\d+) (\d+)", out, re.M)}
+    if len(rows) != len(eps):
+        raise RuntimeError(f"llama-fit-params -fitp printed no RPC rows for {args}")
+    return [rows[f"RPC{k}"] for k in range(len(eps))]
+
+
+def rpc_side_by_side(cases, server: str, fit_params: str, eps: list[str], free: int, real_up_to: float) -> None:
+    """Two workers as two devices of G GiB each (G − 1 GiB usable): llama-fit-params with one --fit-target per
+    device against `autoctx plan --rpc` (its budgets from the workers, capped at G GiB, 1 GiB margins; RAM 64 GiB,
+    shared with the loopback workers), each choice sized per device as above."""
+    from autoctx.budgets import budgets_from
+
+    print(f"\nTwo devices: RPC0 and RPC1, ggml-rpc-server workers on this machine ({free // MiB} MiB free each as "
+          "they report it); a GPU of G GiB each = G − 1 GiB usable per device for both tools (llama-fit-params "
+          "-fitt free − usable per device; autoctx plan --rpc A,B --free A=G --free B=G --margin A=1GiB --margin "
+          "B=1GiB).\n")
+    print("| model | GPUs | tool | choice | context | KV | MiB RPC0 / RPC1, llama.cpp projection | autoctx estimate "
+          "| real llama-server | weights read from RAM per token |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    common = ["-np", "1", "-b", "2048", "-ub", "512"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, gpu in cases:
+            path = str(write_shape_gguf(get_shape(name), Path(tmp) / f"{name}.gguf"))
+            spec = load_spec(path)
+            usable = (gpu - 1) * GiB
+            target = str((free - usable) // MiB)
+            rows = [("llama-fit-params", *fit_choice(fit_params, path, ",".join(eps), common, f"{target},{target}"))]
+            budgets = budgets_from([f"{ep}={gpu}GiB" for ep in eps] + ["cpu=64GiB"], "",
+                                   [f"{ep}=1GiB" for ep in eps], rpc=",".join(eps), llama_server=server)
+            pl = plan(spec, budgets, PlanOptions(repack=False))
+            rows.append(("autoctx plan --rpc", fit_args(pl.llama_server_args()[2:]), pl.params))
+            for tool, args, p in rows:
+                if args is None:
+                    print(f"| {name} | 2 × {gpu} GiB | {tool} | failed to fit | | | | | | |", flush=True)
+                    continue
+                est = estimate(spec, p)
+                choice, _, cpu_mib, share = describe(spec, p, None)
+                if p.tensor_split:
+                    choice = choice.replace(f"-ngl {est.n_gpu_layers}", f"-ngl {est.n_gpu_layers} -ts "
+                                            + ",".join(f"{x:g}" for x in p.tensor_split))
+                proj = rpc_projection(fit_params, path, eps, fit_args(args))
+                mib = [est.device_bytes(d) // MiB for d in ("RPC0", "RPC1")]
+                kv = p.cache_type_k if p.cache_type_k == p.cache_type_v else f"{p.cache_type_k}/{p.cache_type_v}"
+
+                def pair(xs) -> str:
+                    return " / ".join(f"{x:,.2f}" if isinstance(x, float) else f"{x:,}" for x in xs) + \
+                        ("" if all(x * MiB <= usable for x in xs) else " (over)")
+                real = "-"
+                if sum(mib) <= real_up_to * 1024:
+                    m = measure_allocation(server, ["-m", path, "--rpc", ",".join(eps), *fit_args(args),
+                                                    "--no-repack", "--no-warmup", "--fit", "off"], timeout=600)
+                    real = pair([sum(b.mib for b in m.log.buffers if b.device == d) for d in ("RPC0", "RPC1")]) \
+                        if m.ready else "failed"
+                print(f"| {name} | 2 × {gpu} GiB | {tool} | `{choice}` | {p.n_ctx} | {kv} | {pair(proj)} | "
+                      f"{pair(mib)} | {real} | {cpu_mib:,} MiB ({share:.1f} %) |", flush=True)
+            Path(path).unlink()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", default="", help="comma-separated shape names (default: all)")
+    ap.add_argument("--cases", default="", help="comma-separated shape names (default: all; none: no one-device "
+                    "case)")
+    ap.add_argument("--rpc-cases", default="", help="the two-worker cases' shape names (default: all; none: skip)")
     ap.add_argument("--real-up-to", type=float, default=6.0, help="load a choice in the real llama-server when "
                     "autoctx puts at most this many GiB on RPC0 (0: never)")
     a = ap.parse_args()
     cases = [c for c in CASES if not a.cases or c[0] in a.cases.split(",")]
+    rpc_cases = [c for c in RPC_CASES if not a.rpc_cases or c[0] in a.rpc_cases.split(",")]
     server, fit_params = path_of(), path_of("--bin", "llama-fit-params")
+    if not cases:
+        return two_workers(rpc_cases, server, fit_params, a.real_up_to)
     proc, ep, free = worker(path_of("--bin", "ggml-rpc-server"), server)
     print(f"Device RPC0 (ggml-rpc-server on this machine's CPU, {free // MiB} MiB free); a GPU of G GiB = "
           "G − 1 GiB usable for both tools (llama-fit-params -fitt = free − usable). Sized by llama.cpp's projection "
@@ -132,16 +215,7 @@ def main() -> int:
                 usable = (gpu - 1) * GiB
                 device = Device("RPC0", free)
                 common = ["-np", "1", "-b", "2048", "-ub", "512"]
-                r = subprocess.run([fit_params, "-m", path, "--rpc", ep, *common, "-fitt",
-                                    str((free - usable) // MiB)], capture_output=True, text=True)
-                lines = [x for x in r.stdout.splitlines() if x.startswith("-c ")]
-                rows = []
-                if r.returncode == 0 and lines:
-                    chosen = shlex.split(lines[-1])
-                    p = parse_server_args([*common, *chosen], base=Params(fit=False)).params
-                    rows.append(("llama-fit-params", chosen, p))
-                else:
-                    rows.append(("llama-fit-params", None, None))
+                rows = [("llama-fit-params", *fit_choice(fit_params, path, ep, common, str((free - usable) // MiB)))]
                 budgets = [Budget("RPC0", free, free - usable), Budget("CPU", 64 * GiB, GiB)]
                 pl = plan(spec, budgets, PlanOptions(repack=False))
                 rows.append(("autoctx plan", fit_args(pl.llama_server_args()[2:]), pl.params))
@@ -167,6 +241,24 @@ def main() -> int:
         proc.wait(10)
     print("\nBudget per case: usable = GPU − 1 GiB; '(over)': llama.cpp's projection exceeds it (its 512 output "
           "rows of logits; llama-server reserves 1 per slot).")
+    return two_workers(rpc_cases, server, fit_params, a.real_up_to)
+
+
+def two_workers(cases, server: str, fit_params: str, real_up_to: float) -> int:
+    if not cases:
+        return 0
+    binary = path_of("--bin", "ggml-rpc-server")
+    procs = []
+    try:
+        for _ in range(2):
+            procs.append(worker(binary, server))
+        rpc_side_by_side(cases, server, fit_params, [ep for _, ep, _ in procs], min(f for _, _, f in procs),
+                         real_up_to)
+    finally:
+        for proc, _, _ in procs:
+            proc.terminate()
+            proc.wait(10)
+    print("\nSame budget per device for both tools; '(over)': above G − 1 GiB on a device.")
     return 0
 
 
