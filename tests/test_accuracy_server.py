@@ -78,6 +78,9 @@ NEW_ARCH_CASES: list[tuple[str, list[str]]] = [
     # gemma4: 50 sliding-window layers (256-wide heads, 16 KV) + 10 full layers (512-wide, 4 KV, K = V)
     ("gemma-4-31b", ["-c", "8192", "-np", "1"]),
     ("gemma-4-31b", ["-c", "32768", "-np", "2", "-ctk", "q8_0", "-ctv", "q8_0"]),
+    # llama4: chunked attention (8192) on 3 of every 4 layers, 16 experts + a shared expert on every layer
+    ("llama-4-scout", ["-c", "16384", "-np", "1"]),
+    ("llama-4-scout", ["-c", "32768", "-np", "2", "-ctk", "q8_0", "-ctv", "q8_0"]),
 ]
 
 
