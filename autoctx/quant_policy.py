@@ -45,6 +45,7 @@ _KEEP_NAMES = ("_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight",
                "time_mix_lerp_fused.weight", "attn_rel_b.weight")
 # 1-D-like tensors the converter stores in F32 whatever their rank
 _F32_ROLES = {"ffn_gate_inp", "attn_sinks", "rope_freqs"}
+_VISION = ("v.", "mm.")  # vision-tower tensors an Ollama blob carries beside the text model: kept F16 (1-D F32)
 # tensor_type_fallback: a type whose block does not divide the row falls back to a 32-block type, then F16
 _FALLBACK = {Q4_K: Q5_0, Q5_K: Q5_1, Q6_K: Q8_0}
 
@@ -94,10 +95,14 @@ def quant_types(names_shapes: list[tuple[str, tuple[int, ...]]], *, arch: str, n
     tensors and the names tensor_allows_quantization skips stay F32. Rows that a type's block does not divide
     fall back (tensor_type_fallback)."""
     tied = not any(n == "output.weight" for n, _ in names_shapes)
-    n_wv = sum(1 for n, _ in names_shapes if _category(n) in ("attn_qkv", "attn_v", "attn_kv_b"))
+    n_wv = sum(1 for n, _ in names_shapes
+               if _category(n) in ("attn_qkv", "attn_v", "attn_kv_b") and not n.startswith(_VISION))
     i_wv = i_down = 0
     out = []
     for name, shape in names_shapes:
+        if name.startswith(_VISION):  # a vision tower inside the file (an Ollama blob): not llama-quantize's
+            out.append(F32 if len(shape) < 2 else F16)
+            continue
         cat = _category(name)
         if (len(shape) < 2 or not name.endswith("weight") or any(k in name for k in _KEEP_NAMES)
                 or _role(name) in _F32_ROLES):

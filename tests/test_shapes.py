@@ -60,6 +60,7 @@ EXPECTED = {
     "qwen3.5-35b-a3b-ollama": (1194, 23881522624),
     "gemma-4-31b": (833, 18671229168),  # gemma4: 50 SWA + 10 full-attention layers (K = V), tied
     "llama-4-scout": (628, 65346798336),  # llama4: 48 MoE layers (16 experts + shared), chunked attention
+    "llama-4-scout-ollama": (1182, 67091921920),  # + the vision tower inside Ollama's blob (F16)
 }
 
 MiB = 1024 * 1024
