@@ -27,9 +27,10 @@ demo: llama-server gemma
 	AUTOCTX_LLAMA_SERVER="$$($(BIN)/python scripts/llama-server-path)" \
 	  $(BIN)/autoctx serve "$$($(BIN)/python scripts/gemma-gguf-path)" --device cpu --check
 
+# everything: the server tests (the build above; AUTOCTX_BUILD_LLAMA=1 lets a fixture rebuild it), the slow ones
 test: llama-server gemma
 	$(BIN)/ruff check autoctx tests scripts
-	$(BIN)/python -m pytest -q
+	AUTOCTX_BUILD_LLAMA=1 $(BIN)/python -m pytest -q
 
 # mutated GGUF headers through read → ModelSpec → estimate → plan (tests/fuzz_gguf.py); `make test` runs 45 s of it.
 # New failures are saved to tests/data/fuzz/ and replayed by every `make test` from then on.

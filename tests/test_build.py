@@ -35,6 +35,7 @@ def test_device_list_in_the_binarys_order_and_names():
     assert parse_devices("Available devices:\n  (none)\n") == ()
 
 
+@pytest.mark.server
 def test_the_real_binary_says_it_is_the_pinned_build(llama_server):
     b = read_build(llama_server)
     assert (b.number, b.pinned, b.devices) == (11434, True, ())  # a CPU build lists no device

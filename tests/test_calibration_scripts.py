@@ -281,6 +281,7 @@ def test_every_point_has_its_split_and_each_model_has_both():
     assert "predate" in COMPUTE["split"]  # the file says that the constants were fitted before the split
 
 
+@pytest.mark.slow
 def test_held_out_points_are_predicted_like_the_training_points(spec_of):
     """The points the split holds out: compute within 10 % (most within 1 %), KV exact.
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # ~300 subprocesses: a minute or more on 2 cores
+
 TIME_LIMIT = 20.0  # seconds per case: more is a hang
 HEX = "ab" * 32  # a well-formed sha256 hex digest
 

@@ -44,6 +44,7 @@ def test_regression_case(worker, tmp_path: Path, path: Path):
     assert res.kind in ("ok", "refused"), f"{path.name} ({case.family}: {case.note}): {res.kind}\n{res.detail}"
 
 
+@pytest.mark.slow
 def test_bounded_fuzz_run(gemma_path):
     seconds = float(os.environ.get("FUZZ_SECONDS", 45))
     seed = int(os.environ.get("FUZZ_SEED", 1))
