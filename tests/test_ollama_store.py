@@ -81,10 +81,10 @@ def test_plan_an_ollama_name_from_the_store(store, gemma_path):
                        env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "FROM gemma3:270m\nPARAMETER num_ctx 32768\n"
-    missing = subprocess.run([sys.executable, "-m", "autoctx.cli", "plan", "phi4:14b", "--device", "cpu"],
+    missing = subprocess.run([sys.executable, "-m", "autoctx.cli", "plan", "phi4-mini:3.8b", "--device", "cpu"],
                              capture_output=True, text=True, env=env)  # not pulled, no shipped profile
     assert missing.returncode == 1
-    assert missing.stderr.strip().endswith("run `ollama pull phi4:14b`")
+    assert missing.stderr.strip().endswith("run `ollama pull phi4-mini:3.8b`")
 
 
 def test_every_shipped_profile_plans_before_pull():
