@@ -709,7 +709,7 @@ def output_bytes(spec: ModelSpec, p: Params) -> int:
 # KV-width tensors alive in the eager attention (q/k norms, the f32 copy of V); Cohere runs attention and FFN in
 # parallel from one normed input (one more n_embd row at the FFN peak and two more KV widths in attention).
 _ATTN_EXTRA_KV = {"gemma2": 3, "gemma3": 3, "gemma3n": 3, "cohere2": 2, "command-r": 2}
-_FFN_EXTRA_E = {"cohere2": 1, "command-r": 1}
+_FFN_EXTRA_E = {"cohere2": 1, "command-r": 1, "llama4": 1}  # llama4: the MoE output lives while the shared expert runs
 
 
 def compute_peak_floats(spec: ModelSpec, n_kv: int, n_tokens: int, n_outputs: int, flash_attn: bool) -> dict[str, int]:
