@@ -64,6 +64,11 @@ class Budget:
     def usable(self) -> int:
         return self.free_bytes - self.margin_bytes
 
+    def as_dict(self) -> dict:
+        return {"device": self.device, "free_bytes": self.free_bytes, "margin_bytes": self.margin_bytes,
+                **({"endpoint": self.dev.endpoint} if self.dev is not None and self.dev.endpoint else {}),
+                **({"shares": self.shares} if self.shares else {})}
+
 
 @dataclass(frozen=True)
 class PlanOptions:
@@ -95,6 +100,9 @@ class PlanOptions:
 
 @dataclass
 class Plan:
+    """What the planner chose and why; runtime-free (runtimes.llamacpp.runtime.plan_args renders it as llama-server
+    arguments, runtimes.ollama.runtime.modelfile as a Modelfile)."""
+
     spec: ModelSpec
     num_ctx: int
     cache_type_k: str
@@ -112,27 +120,6 @@ class Plan:
     profile_key: object = None  # set by callers that read/write a profile for this plan
     n_cpu_moe: int = 0  # the planner's --n-cpu-moe: the experts of the first N blocks stay on the CPU
     extras: Any = None  # the headers of the files beside the model it was planned with (PlanOptions.extras)
-
-    def llama_server_args(self, model_path: str | None = None) -> list[str]:
-        """Every memory-relevant flag set explicitly, --fit off, so the runtime cannot re-decide."""
-        from .runtimes.llamacpp.args import to_server_args
-
-        return to_server_args(self.params, model_path or self.spec.path)
-
-    def modelfile(self, from_: str | None = None) -> str:
-        """An Ollama Modelfile. The KV type is a server-wide env var in Ollama, not a Modelfile parameter."""
-        default = self.spec.name if self.spec.source.startswith(("ollama", "shipped")) else self.spec.path
-        lines = [f"FROM {from_ or default}", f"PARAMETER num_ctx {self.num_ctx}"]
-        if any(b.device != CPU for b in self.budgets) and self.n_gpu_layers < self.spec.n_layer + 1:
-            lines.append(f"PARAMETER num_gpu {self.n_gpu_layers}")
-        if (self.cache_type_k, self.cache_type_v) != ("f16", "f16"):
-            kv = self.cache_type_k if self.cache_type_k == self.cache_type_v else f"{self.cache_type_k}"
-            lines += ["# KV cache type: Ollama has no Modelfile parameter for it; the server needs",
-                      f"#   OLLAMA_KV_CACHE_TYPE={kv} OLLAMA_FLASH_ATTENTION=1 ollama serve"]
-            if self.cache_type_k != self.cache_type_v:
-                lines.append(f"#   (Ollama uses one type for K and V; this plan assumed K={self.cache_type_k}, "
-                             f"V={self.cache_type_v})")
-        return "\n".join(lines) + "\n"
 
     def tight_device(self) -> Budget:
         """The budget with the least room left: the one that limits the context."""

@@ -152,3 +152,120 @@ def png_chart(p: Plan, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# --- the commands' tables and JSON -----------------------------------------------------------------------------------
+
+def _mib(n: int) -> str:
+    return f"{n / 1048576:,.2f}"
+
+
+def _quote(a: str) -> str:
+    import shlex
+
+    return shlex.quote(a)
+
+
+def command_line(argv: list[str]) -> str:
+    """An argv as one shell-quoted line."""
+    return " ".join(_quote(a) for a in argv)
+
+
+def estimate_json(est) -> dict:
+    p = est.params
+    args = p.as_dict()
+    args.update({"n_ctx": est.n_ctx, "n_ctx_seq": est.n_ctx_seq, "n_batch": est.n_batch, "n_ubatch": est.n_ubatch,
+                 "n_outputs_max": est.n_outputs_max, "flash_attn_resolved": est.flash_attn,
+                 "kv_cells": est.kv_cells, "swa_cells": est.swa_cells, "n_gpu_layers_resolved": est.n_gpu_layers,
+                 "requested_n_ctx": p.n_ctx})
+    return {
+        "model": est.spec.summary(),
+        "args": args,
+        "buffers": [b.as_dict() for b in est.buffers],
+        "total_bytes": est.total_bytes,
+        "after_health": [b.as_dict() for b in est.later],
+        "notes": est.notes,
+    }
+
+
+def estimate_table(est) -> str:
+    """estimate's table: the model line, MiB per device and kind, then the buffers beside the model."""
+    spec = est.spec
+    lines = [f"{spec.path}",
+             f"  {spec.architecture}, {spec.n_layer} layers, n_ctx_train {spec.n_ctx_train}, "
+             f"ctx {est.n_ctx} ({est.n_ctx_seq}/seq x {est.params.n_parallel} slots"
+             f"{', unified' if est.params.kv_unified else ''}), "
+             f"KV {est.params.cache_type_k}/{est.params.cache_type_v}, "
+             f"flash-attn {'on' if est.flash_attn else 'off'}" + (f", SWA cache {est.swa_cells} cells" if est.swa_cells
+                                                                    else "")]
+    kinds = ["model", "kv", "compute", "output"]
+    devices = list(dict.fromkeys(b.device for b in est.buffers))
+    lines.append(f"{'device':<10}" + "".join(f"{k:>12}" for k in kinds) + f"{'total':>12}" + "   (MiB)")
+    for d in devices:
+        row = [est.kind_bytes(k, d) for k in kinds]
+        lines.append(f"{d:<10}" + "".join(f"{_mib(v):>12}" for v in row) + f"{_mib(sum(row)):>12}")
+    lines.append(f"{'total':<10}" + "".join(f"{_mib(est.kind_bytes(k)):>12}" for k in kinds)
+                 + f"{_mib(est.total_bytes):>12}")
+    return "\n".join(lines + extra_buffer_lines(est))
+
+
+def extra_buffer_lines(est) -> list[str]:
+    """The buffers beside the model (projector, draft, MTP, LoRA; included in the table above) and the host memory
+    llama-server fills after /health (prompt cache, context checkpoints; not in the table), one line each."""
+    lines = []
+    beside = [b for b in est.buffers if b.detail.startswith(("projector", "draft", "LoRA", "MTP"))]
+    if beside:
+        lines.append("beside the model (in the table above):")
+        lines += [f"  {b.device:<8}{b.kind:<9}{_mib(b.bytes):>12}  {b.name}: {b.detail}" for b in beside]
+    if est.later:
+        lines.append("after /health, in host memory (not in the table):")
+        lines += [f"  {b.device:<8}{b.kind:<13}{_mib(b.bytes):>12}  up to: {b.detail}" for b in est.later]
+    return lines
+
+
+def plan_json(spec, p: Plan, args: list[str], modelfile: str) -> dict:
+    return {"model": {"name": spec.name, "path": spec.path, "source": spec.source},
+            "plan": p.as_dict(), "buffers": [b.as_dict() for b in p.estimate.buffers],
+            "budget": [b.as_dict() for b in p.budgets], "llama_server_args": args, "modelfile": modelfile,
+            "reasons": p.reasons, "max_ctx_by_kv": p.max_ctx_by_kv}
+
+
+def plan_text(spec, p: Plan, rendered: str) -> str:
+    """plan's text: the model, the settings and reasons, the table, the chart, and what the runtime is given
+    (`rendered`: the llama-server line or the Modelfile)."""
+    out = [f"{spec.name if spec.source != 'gguf' else spec.path}: {spec.architecture}, {spec.n_layer} layers, "
+           f"n_ctx_train {spec.n_ctx_train}"]
+    if spec.source.startswith("shipped profile"):
+        out.append(f"  not pulled: architecture and weights from the {spec.source}")
+    out += [settings(p), "", plan_table(p), "", text_chart(p), "", rendered]
+    return "\n".join(out)
+
+
+def probe_table(devices) -> str:
+    from .units import gib
+
+    lines = [f"{'device':<8}{'total':>14}{'free':>14}{'used':>14}  description"]
+    for d in devices:
+        desc = f"RPC worker {d.description}" if d.kind == "rpc" else d.description
+        lines.append(f"{d.name:<8}{gib(d.total_bytes):>14}{gib(d.free_bytes):>14}{gib(d.used_bytes):>14}  {desc}"
+                     + (f" (driver {d.driver}{', ' + d.runtime if d.runtime else ''})" if d.driver else ""))
+        for pr in d.processes:
+            used = gib(pr.used_bytes) if pr.used_bytes is not None else "?"
+            lines.append(f"{'':<8}  pid {pr.pid} {pr.name}: {used}")
+    return "\n".join(lines)
+
+
+def profile_line(p) -> str:
+    plan = p.plan
+    return (f"{p.key.id}  {p.model_name or p.model_path}  num_ctx {plan.get('num_ctx')} "
+            f"KV {plan.get('cache_type_k')}/{plan.get('cache_type_v')}  runs {p.runs}  {p.key.devices}")
+
+
+def serve_text(result, argv_line: str) -> str:
+    """serve's report: the settings, the command line it runs, predicted vs actual per buffer, and what the drivers
+    said of each planned device."""
+    from .verify import format_rows
+
+    devices = tuple(f"{b.device}:" for b in result.plan.budgets)
+    return "\n".join([settings(result.plan), f"llama-server {argv_line}", format_rows(result.rows),
+                      *(n for n in result.notes if n.startswith(devices))])

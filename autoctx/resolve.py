@@ -108,7 +108,7 @@ def shipped_profile(name: str) -> ModelSpec | None:
     prof = shipped_profiles().get(short)
     if prof is None:
         return None
-    # the text model; a vision tower inside the tag's blob is its projector (extras.ollama_projector)
+    # the text model; a vision tower inside the tag's blob is its projector (runtimes.ollama.projector)
     spec = spec_from_gguf(header_view(get_shape(prof["shape"]), f"shipped:{short}", text_only=True))
     return replace(spec, name=short, source=f"shipped profile {prof['file']} (weights {prof['weights']})")
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .memory import Estimate
-from .runtimes.llamacpp.logparse import ServerLog
+
+if TYPE_CHECKING:  # read by its fields: verify stays below the runtimes
+    from .runtimes.llamacpp.logparse import ServerLog
 
 MiB = 1024 * 1024
 KINDS = ("model", "kv", "compute", "output")

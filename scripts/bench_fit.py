@@ -40,6 +40,7 @@ from autoctx.runtimes.llamacpp.args import parse_server_args  # noqa: E402
 from autoctx.runtimes.llamacpp.launch import measure_allocation  # noqa: E402
 from autoctx.runtimes.llamacpp.server import free_port  # noqa: E402
 from autoctx.catalog import get_shape  # noqa: E402
+from autoctx.runtimes.llamacpp.runtime import plan_args  # noqa: E402
 from tests.shapes_writer import write_shape_gguf  # noqa: E402
 
 MiB = 1024**2
@@ -159,7 +160,7 @@ def rpc_side_by_side(cases, server: str, fit_params: str, eps: list[str], free: 
             budgets = budgets_from([f"{ep}={gpu}GiB" for ep in eps] + ["cpu=64GiB"], "",
                                    [f"{ep}=1GiB" for ep in eps], rpc=",".join(eps), llama_server=server)
             pl = plan(spec, budgets, PlanOptions(repack=False))
-            rows.append(("autoctx plan --rpc", fit_args(pl.llama_server_args()[2:]), pl.params))
+            rows.append(("autoctx plan --rpc", fit_args(plan_args(pl)[2:]), pl.params))
             for tool, args, p in rows:
                 if args is None:
                     print(f"| {name} | 2 × {gpu} GiB | {tool} | failed to fit | | | | | | |", flush=True)
@@ -218,7 +219,7 @@ def main() -> int:
                 rows = [("llama-fit-params", *fit_choice(fit_params, path, ep, common, str((free - usable) // MiB)))]
                 budgets = [Budget("RPC0", free, free - usable), Budget("CPU", 64 * GiB, GiB)]
                 pl = plan(spec, budgets, PlanOptions(repack=False))
-                rows.append(("autoctx plan", fit_args(pl.llama_server_args()[2:]), pl.params))
+                rows.append(("autoctx plan", fit_args(plan_args(pl)[2:]), pl.params))
                 for tool, args, p in rows:
                     if args is None:
                         print(f"| {name} | {gpu} GiB | {tool} | failed to fit | | | | | | |", flush=True)

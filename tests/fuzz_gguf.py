@@ -55,6 +55,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autoctx.gguf.ggml_types import GGUFValueType
+from autoctx.runtimes.llamacpp.runtime import plan_args
+from autoctx.runtimes.ollama.runtime import modelfile as ollama_modelfile
 
 HERE = Path(__file__).resolve().parent
 REGRESSIONS = HERE / "data" / "fuzz"
@@ -687,7 +689,7 @@ def seed_cases(seeds: dict[str, Header]) -> list[Case]:
 def run_pipeline(path: str) -> str:
     """What `autoctx estimate PATH` and `autoctx plan PATH --free ...` do with a model, through the same library
     calls (cli.py _estimate / plan): 'ok', or the refusals (GGUFError / AutoctxError) joined by ' | '."""
-    from autoctx.cli import estimate_json
+    from autoctx.report import estimate_json
     from autoctx.errors import AutoctxError
     from autoctx.gguf import read_gguf
     from autoctx.memory import Device, estimate
@@ -707,11 +709,11 @@ def run_pipeline(path: str) -> str:
 
     def cpu_plan() -> None:
         p = plan(spec, cpu, opts)
-        p.llama_server_args(), p.modelfile(), plan_table(p), settings(p), text_chart(p)
+        plan_args(p), ollama_modelfile(p), plan_table(p), settings(p), text_chart(p)
 
     def gpu_plan() -> None:
         p = plan(spec, gpus, opts)
-        p.llama_server_args(), p.modelfile(), plan_table(p)
+        plan_args(p), ollama_modelfile(p), plan_table(p)
 
     stages = [
         lambda: json.dumps(estimate_json(estimate(spec, parse_server_args([]).params))),

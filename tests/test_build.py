@@ -104,7 +104,7 @@ def test_after_loading_the_pci_bus_ids_in_the_log_join_exactly():
         UsedDevice("Vulkan0", "AMD Radeon RX 7900 XTX (RADV NAVI31)", "", 20000 * MiB)]
     assert name_map(CARDS, log.devices_used) == {"CUDA0": "CUDA1", "CUDA1": "CUDA0"}
 
-    from autoctx.serve import probe_after_load
+    from autoctx.runtimes.llamacpp.runtime import probe_after_load
 
     cards = [CARDS[0].__class__(**{**CARDS[0].__dict__, "processes": (GpuProcess(99, "llama-server", 9 * GiB),)}),
              CARDS[1]]

@@ -23,6 +23,7 @@ from autoctx.planner import Budget, PlanOptions, plan
 from autoctx.runtimes.llamacpp.args import parse_server_args, to_server_args
 from autoctx.runtimes.llamacpp.logparse import CLIP_CONTEXT, parse_server_log
 from autoctx.catalog import get_shape, header_view
+from autoctx.runtimes.llamacpp.runtime import plan_args
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -155,7 +156,7 @@ def test_plan_sizes_checkpoints_then_prompt_cache_from_the_ram_left():
     opts = PlanOptions(repack=False, max_ctx=8192, extras=Extras(projector=PROJ), beside={"mmproj": "/m/mmproj.gguf"})
     p = plan(s, [Budget("CPU", 24 * GiB, GiB)], opts)
     assert (p.params.ctx_checkpoints, p.params.cache_ram_mib) == (32, 8192)  # llama.cpp's defaults fit
-    args = p.llama_server_args()
+    args = plan_args(p)
     assert args[args.index("--mmproj"):] == ["--mmproj", "/m/mmproj.gguf", "--cache-ram", "8192",
                                              "--ctx-checkpoints", "32", "--fit", "off"]
     assert any(r.startswith("beside the model: projector 933 MiB on CPU") for r in p.reasons)
@@ -262,7 +263,7 @@ def test_log_lora_clip_and_a_second_reserve():
 # --- Ollama: a projector layer (Ollama >= 0.30 passes it as --mmproj) ---------------------------------------------
 
 def test_ollama_projector_layer_is_counted(tmp_path, monkeypatch, gemma_path):
-    from autoctx.extras import PROJECTOR_MEDIA, ollama_projector
+    from autoctx.runtimes.ollama.projector import PROJECTOR_MEDIA, ollama_projector
     from autoctx.model import load_spec
 
     root = tmp_path / "models"
@@ -292,7 +293,7 @@ def test_ollama_projector_layer_is_counted(tmp_path, monkeypatch, gemma_path):
 
 
 def test_serve_keeps_the_users_files_and_counts_them(tmp_path):
-    from autoctx.serve import beside_options, merged_argv
+    from autoctx.runtimes.llamacpp.runtime import beside_options, merged_argv
 
     mm = str(write_header_gguf(gemma3_mmproj(2560), tmp_path / "mmproj.gguf"))
     user = ["--mmproj", mm, "--cache-ram", "1024"]
@@ -302,7 +303,7 @@ def test_serve_keeps_the_users_files_and_counts_them(tmp_path):
     assert (opts.cache_ram_mib, opts.ctx_checkpoints) == (1024, None)
     p = plan(spec("gemma-3-4b"), [Budget("CPU", 16 * GiB, GiB)], opts)
     assert p.params.cache_ram_mib == 1024 and any(b.name == "CLIP" for b in p.estimate.buffers)
-    argv = merged_argv(p.llama_server_args(), user)
+    argv = merged_argv(plan_args(p), user)
     assert argv.count("--mmproj") == 1 and argv.count("--cache-ram") == 1 and argv[-4:] == user
 
 

@@ -16,6 +16,8 @@ from autoctx.memory import (CPU_ALIGNMENT, FFN_DENSE_REGEX, FFN_EXPS_REGEX, REPA
                             _alloc_size, buft_overrides, estimate, pad, tensor_devices)
 from autoctx.planner import Budget, PlanOptions, _Search, plan, token_reads
 from autoctx.runtimes.llamacpp.args import parse_server_args, to_server_args
+from autoctx.runtimes.llamacpp.runtime import plan_args
+from autoctx.runtimes.ollama.runtime import modelfile as ollama_modelfile
 
 GiB = 1024**3
 MiB = 1024**2
@@ -281,13 +283,13 @@ def test_dense_models_and_ollama_keep_the_layer_lever(spec_of):
     spec = spec_of("qwen3-30b-a3b")
     ollama = plan(spec, QWEN3_12G, PlanOptions(runtime="ollama", repack=False))  # a Modelfile has no --n-cpu-moe
     assert ollama.n_cpu_moe == 0 and ollama.n_gpu_layers < spec.n_layer + 1
-    assert "PARAMETER num_gpu" in ollama.modelfile()
+    assert "PARAMETER num_gpu" in ollama_modelfile(ollama)
     dense = plan(spec_of("llama-3.1-8b"), [Budget("CUDA0", 4 * GiB, GiB), Budget("CPU", 32 * GiB, GiB)])
-    assert dense.n_cpu_moe == 0 and "--n-cpu-moe" not in dense.llama_server_args()
+    assert dense.n_cpu_moe == 0 and "--n-cpu-moe" not in plan_args(dense)
 
 
 def test_user_overrides_are_kept_and_the_plan_is_redone_around_them(spec_of):
-    from autoctx.serve import merged_argv, user_overrides
+    from autoctx.runtimes.llamacpp.runtime import merged_argv, user_overrides
 
     user = ["--n-cpu-moe", "30", "--jinja"]
     opts = user_overrides(parse_server_args(user), PlanOptions(repack=False))
@@ -295,7 +297,7 @@ def test_user_overrides_are_kept_and_the_plan_is_redone_around_them(spec_of):
     p = plan(spec_of("qwen3-30b-a3b"), QWEN3_12G, opts)
     assert p.n_cpu_moe == 0 and p.params.tensor_overrides == (("--n-cpu-moe", "30"),)  # no lever of its own
     assert p.n_gpu_layers == 49 and p.num_ctx > 9216  # 30 blocks' experts off the GPU leave more room than 20
-    argv = merged_argv(p.llama_server_args(), user)
+    argv = merged_argv(plan_args(p), user)
     assert argv.count("--n-cpu-moe") == 1 and argv[-3:] == user
     # the user's overrides are what the plan's estimate placed
     assert token_reads(p.spec, p.estimate.params)[0] == _Search(p.spec, QWEN3_12G, PlanOptions()).reads(49, 30)[0]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from autoctx.planner import Budget, PlanError, PlanOptions, default_margin, plan
+from autoctx.runtimes.llamacpp.runtime import plan_args
+from autoctx.runtimes.ollama.runtime import modelfile as ollama_modelfile
 
 GiB = 1024**3
 MiB = 1024**2
@@ -76,7 +78,7 @@ def test_two_gpus_split_in_whole_layers(spec_of):
     budgets = [Budget("CUDA0", 16 * GiB, GiB), Budget("CUDA1", 12 * GiB, GiB)]
     p = plan(spec, budgets)
     assert p.tensor_split == (38.0, 27.0)  # 64 blocks + the output layer, as counts llama.cpp splits exactly
-    assert p.llama_server_args()[p.llama_server_args().index("-ts") + 1] == "38,27"
+    assert plan_args(p)[plan_args(p).index("-ts") + 1] == "38,27"
     layers = p.estimate.layer_device
     assert (layers.count("CUDA0"), layers.count("CUDA1"), p.estimate.output_device) == (38, 26, "CUDA1")
     assert any("-ts 38,27): each GPU keeps the same room per layer" in r for r in p.reasons)
@@ -103,7 +105,7 @@ def test_70b_on_24gib_offloads_fewer_layers(spec_of):
     assert 0 < p.n_gpu_layers < spec.n_layer + 1
     assert p.num_ctx >= 8192
     assert any("run on the CPU" in r for r in p.reasons)
-    assert "PARAMETER num_gpu" in p.modelfile()
+    assert "PARAMETER num_gpu" in ollama_modelfile(p)
     assert_fits_and_is_maximal(p, budgets)
     # one more layer on the GPU would not leave room for the minimum context with the order's most compact KV type
     # (q8_0: with layers on the CPU anyway, quality is not traded for a few more GPU layers)
@@ -126,20 +128,20 @@ def test_cpu_plan_and_emitted_args(spec_of):
     spec = spec_of("gemma")
     p = plan(spec, [Budget("CPU", 2 * GiB, GiB)])
     assert (p.num_ctx, p.cache_type_k, p.n_gpu_layers) == (32768, "f16", 0)
-    assert p.llama_server_args() == ["-m", spec.path, "-c", "32768", "-np", "1", "-ctk", "f16", "-ctv", "f16",
+    assert plan_args(p) == ["-m", spec.path, "-c", "32768", "-np", "1", "-ctk", "f16", "-ctv", "f16",
                                      "-fa", "auto", "-ngl", "0", "-b", "2048", "-ub", "512", "-no-kvu",
                                      "--cache-ram", "0", "--ctx-checkpoints", "32", "--fit", "off"]
-    assert p.modelfile() == f"FROM {spec.path}\nPARAMETER num_ctx 32768\n"
+    assert ollama_modelfile(p) == f"FROM {spec.path}\nPARAMETER num_ctx 32768\n"
 
 
 def test_forced_kv_type_and_parallel_slots(spec_of):
     spec = spec_of("llama-3.1-8b")
     p = plan(spec, gpus(12), PlanOptions(kv_forced=("q8_0", "q8_0"), n_parallel=2))
     assert (p.cache_type_k, p.n_parallel) == ("q8_0", 2)
-    args = p.llama_server_args()
+    args = plan_args(p)
     assert args[args.index("-c") + 1] == str(2 * p.num_ctx) and "-no-kvu" in args
     assert p.estimate.n_ctx_seq == p.num_ctx
-    mf = p.modelfile()
+    mf = ollama_modelfile(p)
     assert "OLLAMA_KV_CACHE_TYPE=q8_0 OLLAMA_FLASH_ATTENTION=1" in mf and "kv_cache_type" not in mf
 
 
@@ -166,7 +168,7 @@ def test_default_margins():
 def test_step_down_takes_three_quarters_then_the_next_kv_type(spec_of):
     from dataclasses import replace
 
-    from autoctx.serve import step_down
+    from autoctx.loop import step_down
 
     spec = spec_of("llama-3.1-8b")
     p = plan(spec, gpus(12))
@@ -181,7 +183,7 @@ def test_step_down_takes_three_quarters_then_the_next_kv_type(spec_of):
 
 def test_user_arguments_fix_the_plan_choices(spec_of):
     from autoctx.runtimes.llamacpp.args import parse_server_args
-    from autoctx.serve import merged_argv, user_overrides
+    from autoctx.runtimes.llamacpp.runtime import merged_argv, user_overrides
 
     parsed = parse_server_args(["-c", "20000", "-np", "2", "-ctk", "q8_0", "-ub", "256", "-ngl", "10", "--jinja"])
     opts = user_overrides(parsed, PlanOptions())
@@ -189,7 +191,7 @@ def test_user_arguments_fix_the_plan_choices(spec_of):
     assert (opts.n_parallel, opts.kv_forced, opts.n_ubatch, opts.fixed_ngl) == (2, ("q8_0", "f16"), 256, 10)
     p = plan(spec_of("llama-3.1-8b"), gpus(24), opts)
     assert (p.num_ctx, p.n_gpu_layers, p.cache_type_k, p.cache_type_v) == (10240, 10, "q8_0", "f16")
-    argv = merged_argv(p.llama_server_args(), ["-c", "20000", "-np", "2", "-ctk", "q8_0", "-ub", "256", "-ngl",
+    argv = merged_argv(plan_args(p), ["-c", "20000", "-np", "2", "-ctk", "q8_0", "-ub", "256", "-ngl",
                                                "10", "--jinja"])
     assert argv.count("-c") == 1 and argv[-11:] == ["-c", "20000", "-np", "2", "-ctk", "q8_0", "-ub", "256",
                                                      "-ngl", "10", "--jinja"]

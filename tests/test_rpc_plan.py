@@ -16,6 +16,7 @@ from autoctx.budgets import budgets_from, is_loopback
 from autoctx.memory import Device
 from autoctx.planner import Budget, PlanOptions, _Search, plan
 from autoctx.runtimes.llamacpp.build import ListedDevice, rpc_failure
+from autoctx.runtimes.llamacpp.runtime import plan_args
 
 GiB = 1024**3
 MiB = 1024**2
@@ -47,13 +48,13 @@ def test_asked_workers_are_capped_and_said(monkeypatch):
     rpc<n>: that one), a cap above the report said and not used; a remote CPU worker (ggml reports all its RAM free)
     and a worker that looks like a GPU without a named backend are said once each; a CPU worker on loopback shares
     the CPU's budget; a worker's second device is RPC<1>[host:port] in llama.cpp's buffer names."""
-    from autoctx.runtimes.llamacpp import build, server
+    from autoctx.runtimes.llamacpp import build, launch
 
     listed = (ListedDevice("RPC0", A, 64 * GiB, 64 * GiB), ListedDevice("RPC1", B, 24 * GiB, 20 * GiB),
               ListedDevice("RPC2", B, 24 * GiB, 22 * GiB), ListedDevice("RPC3", LOCAL, 32 * GiB, 32 * GiB))
     asked = []
     monkeypatch.setattr(build, "rpc_workers", lambda binary, eps: asked.append((binary, eps)) or listed)
-    monkeypatch.setattr(server, "find_llama_server", lambda explicit=None: explicit or "llama-server")
+    monkeypatch.setattr(launch, "find_llama_server", lambda explicit=None: explicit or "llama-server")
     said: list[str] = []
     b = budgets_from([f"{B}=16GiB", "rpc3=40GiB", "cpu=16GiB"], "", None, warn=said.append,
                      rpc=f"{A},{B},{LOCAL}", llama_server="/opt/llama-server")
@@ -91,7 +92,7 @@ def test_plan_args_in_llamacpp_device_order_and_network_reasons(spec_of):
     spec = spec_of("llama-3.2-1b")
     b = budgets_from([f"{A}=2GiB", f"{B}=3GiB", "cuda0=2GiB", "cpu=16GiB"], "", None, rpc=f"{A},{B}@cuda")
     p = plan(spec, b)
-    assert p.llama_server_args() == [
+    assert plan_args(p) == [
         "-m", spec.path, "--rpc", f"{A},{B}", "-dev", "RPC0,RPC1,CUDA0", "-c", "75008", "-np", "1", "-ctk", "q8_0",
         "-ctv", "q8_0", "-fa", "on", "-ngl", "17", "-b", "2048", "-ub", "512", "-no-kvu", "-ts", "4,9,4",
         "--cache-ram", "8192", "--ctx-checkpoints", "32", "--fit", "off"]
@@ -136,7 +137,7 @@ def test_loopback_workers_share_the_cpu_ram(spec_of):
     assert s.over(s.estimate(p.num_ctx + 256, ("q8_0", "q8_0"), 17)).keys() == {"CPU"}
     assert ("RPC0, RPC1 run on this machine (loopback): rpc-server reports this machine's RAM, so their buffers are "
             "counted in the CPU budget with the CPU's own (not twice)") in p.reasons
-    assert "--cache-ram" in p.llama_server_args() and p.params.cache_ram_mib == 0  # no RAM left for a prompt cache
+    assert "--cache-ram" in plan_args(p) and p.params.cache_ram_mib == 0  # no RAM left for a prompt cache
     assert plan(spec, [replace(x, shares="") for x in b], opts).num_ctx == 44288
 
 

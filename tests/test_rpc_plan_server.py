@@ -166,14 +166,14 @@ def test_reasons_and_profile_key(served, rpc_endpoints, llama_server):
                           f"{total[b] / 1024**3:.1f}GiB; CPU ")
 
 
-def test_allocation_failure_on_a_worker_steps_down(rpc_endpoints, shape_file, env):
+def test_allocation_failure_on_a_worker_steps_down(rpc_endpoints, shape_file, llama_server):
     """The first launch asks for 4M tokens of KV (~30 GiB per worker, more than this machine has): a worker cannot
     allocate its share and llama-server names its buffer; autoctx steps down to ¾ of the plan's context and the second
     launch loads."""
     from autoctx.budgets import budgets_from
     from autoctx.probe.cpu import host_repack_rules
     from autoctx.runtimes.llamacpp.build import read_build
-    from autoctx.serve import serve_llamacpp
+    from autoctx.loop import serve_llamacpp
 
     from .launchers import first_launch_with
 

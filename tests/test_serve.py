@@ -67,7 +67,7 @@ def _serve_with_fault(llama_server, gemma_path, **kw):
     from autoctx.model import load_spec
     from autoctx.planner import Budget, PlanOptions
     from autoctx.probe.cpu import host_repack_rules
-    from autoctx.serve import serve_llamacpp
+    from autoctx.loop import serve_llamacpp
 
     from .launchers import first_launch_with
 
@@ -141,7 +141,8 @@ def test_margin_eaten_after_load_steps_down(llama_server, gemma_path):
     from autoctx.model import load_spec
     from autoctx.planner import Budget, PlanOptions
     from autoctx.probe.cpu import host_repack_rules
-    from autoctx.serve import AfterLoad, serve_llamacpp
+    from autoctx.loop import serve_llamacpp
+    from autoctx.runtimes.llamacpp.runtime import AfterLoad
 
     calls = []
 
@@ -167,7 +168,7 @@ def test_margin_eaten_after_load_steps_down(llama_server, gemma_path):
 def test_after_load_reads_the_servers_gpu_memory_from_the_probe():
 
     from autoctx.probe.devices import DeviceInfo, GpuProcess, ProbeResult
-    from autoctx.serve import probe_after_load
+    from autoctx.runtimes.llamacpp.runtime import probe_after_load
 
     gpu = DeviceInfo("CUDA0", "cuda", "RTX 4090", 24 * 1024**3, 10 * 1024**3, 14 * 1024**3,
                      processes=(GpuProcess(4242, "llama-server", 13 * 1024**3), GpuProcess(7, "Xorg", 1024**3)))

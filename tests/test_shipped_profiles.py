@@ -13,7 +13,7 @@ import pytest
 
 from autoctx import catalog
 from autoctx.catalog import get_shape
-from autoctx.extras import shipped_projector
+from autoctx.runtimes.ollama.projector import shipped_projector
 from autoctx.resolve import shipped_profile, shipped_profiles
 
 ROOT = Path(__file__).resolve().parent.parent
