@@ -81,6 +81,7 @@ NEW_ARCH_CASES: list[tuple[str, list[str]]] = [
     # llama4: chunked attention (8192) on 3 of every 4 layers, 16 experts + a shared expert on every layer
     ("llama-4-scout", ["-c", "16384", "-np", "1"]),
     ("llama-4-scout", ["-c", "32768", "-np", "2", "-ctk", "q8_0", "-ctv", "q8_0"]),
+    ("mistral-small-3.2-24b", ["-c", "16384", "-np", "2"]),  # mistral3: Mistral Small 3.x's text model
 ]
 
 

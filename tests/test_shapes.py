@@ -61,6 +61,7 @@ EXPECTED = {
     "gemma-4-31b": (833, 18671229168),  # gemma4: 50 SWA + 10 full-attention layers (K = V), tied
     "llama-4-scout": (628, 65346798336),  # llama4: 48 MoE layers (16 experts + shared), chunked attention
     "llama-4-scout-ollama": (1182, 67091921920),  # + the vision tower inside Ollama's blob (F16)
+    "mistral-small-3.2-24b": (363, 14326026240),  # mistral3 (the 14.33GB Q4_K_M file of the same policy)
 }
 
 MiB = 1024 * 1024
