@@ -54,17 +54,66 @@ def pinned_binary(name: str = "llama-server") -> str:
     return out.stdout.strip()
 
 
+def pytest_sessionstart(session):
+    """Byte-compile autoctx and the test helpers once: the tests start `python -m autoctx.cli` hundreds of times, and
+    where PYTHONDONTWRITEBYTECODE is set (as on this project's machines) each start would compile every module again
+    (~0.1 CPU s each)."""
+    import compileall
+
+    for folder in ("autoctx", "tests"):
+        compileall.compile_dir(ROOT / folder, quiet=1)
+
+
 def pytest_report_header(config):
     path = built_binary()
     return f"llama-server: {path}" if path else f"llama-server: not built; the server tests skip ({HOW_TO_BUILD})"
 
 
+# `slow` besides the ones marked in their files (the CLI fuzz, the bounded GGUF fuzz, the Ollama hardening cases, the
+# wheel install, the held-out calibration): each took over 0.5 CPU s (with its subprocesses) on the 2-core machine,
+# most of it starting `python -m autoctx.cli` and reading Gemma's 262k-token vocabulary. Named here, by file and
+# function (every parameter), so that the list stays in one place; a name that matches nothing is an error.
+SLOW = {
+    "test_bad_gguf.py": ["test_header_at_every_limit_is_bounded"],
+    "test_calibration_scripts.py": ["test_a_carried_header_becomes_the_same_gguf"],
+    "test_cli.py": ["test_plan_json_and_svg_chart"],
+    "test_extras.py": ["test_cli_bad_files_one_line"],
+    "test_fuzz_gguf.py": ["test_same_seed_same_cases"],
+    "test_lifetime.py": ["test_fifty_launches_leak_no_descriptor_and_no_log"],
+    "test_memory.py": ["test_compute_buffer_matches_measured_points"],
+    "test_ollama_run.py": [  # test_run_creates_the_derived_model_and_execs_ollama stays in the fast loop
+        "test_api_path_without_the_ollama_cli", "test_the_load_is_saved_into_a_profile_that_the_next_plan_applies",
+        "test_interactive_chat_at_a_terminal_without_the_cli", "test_evict_unloads_the_other_models_first",
+        "test_pull_with_progress_then_run", "test_cpu_spill_is_loud", "test_start_server_when_none_answers",
+        "test_never_overwrites_a_model_autoctx_did_not_make", "test_bad_situations_are_one_line",
+        "test_modelfile_command_and_the_q8_suggestion"],
+    "test_ollama_store.py": ["test_every_shipped_profile_plans_before_pull"],
+    "test_planner.py": ["test_layer_search_property_against_brute_force"],
+    "test_profiles.py": ["test_two_processes_updating_one_profile_lose_no_update"],
+    "test_shapes.py": ["test_written_header_round_trips"],
+}
+
+
+def _mark_slow(items) -> None:
+    modules = {}
+    for item in items:
+        file = Path(str(item.fspath)).name
+        if getattr(item, "module", None) is not None:
+            modules[file] = item.module
+        if getattr(item, "originalname", item.name) in SLOW.get(file, ()):
+            item.add_marker(pytest.mark.slow)
+    missing = [f"{f}::{n}" for f, mod in modules.items() for n in SLOW.get(f, ()) if not hasattr(mod, n)]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py SLOW names tests that do not exist: {', '.join(missing)}")
+
+
 def pytest_collection_modifyitems(config, items):
-    """A `slow` test (tens of seconds: the fuzz runs, the wheel install) runs in a plain `pytest` and in `make test`,
-    and is left out by a -m expression that leaves out the server tests (the fast loop, `-m "not server"`) unless
-    the expression names `slow` itself (`-m "slow and not server"`)."""
+    """A `slow` test runs in a plain `pytest` and in `make test`, and is left out by a -m expression that leaves out
+    the server tests (the fast loop, `-m "not server"`) unless the expression names `slow` itself (`-m "slow and
+    not server"`)."""
     from _pytest.mark.expression import Expression
 
+    _mark_slow(items)
     expr = config.option.markexpr
     if not expr or "slow" in expr or Expression.compile(expr).evaluate(lambda name, **kw: name == "server"):
         return
@@ -74,10 +123,35 @@ def pytest_collection_modifyitems(config, items):
         items[:] = keep
 
 
+def no_populate_shim(folder: Path) -> str | None:
+    """tests/no_populate.c built into folder (the server tests preload it: llama.cpp maps a model with MAP_POPULATE,
+    which makes a sparse 28 GiB shape file 17 GB of resident zero pages); None without a C compiler."""
+    import shutil
+
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        return None
+    out = folder / "libnopopulate.so"
+    r = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(out), str(ROOT / "tests" / "no_populate.c"), "-ldl"],
+                       capture_output=True, text=True)
+    return str(out) if r.returncode == 0 else None
+
+
 @pytest.fixture(scope="session")
-def llama_server() -> str:
-    """The pinned llama-server (see pinned_binary: skips with how to build it when it is not built)."""
-    return pinned_binary()
+def llama_server(tmp_path_factory):
+    """The pinned llama-server (see pinned_binary: skips with how to build it when it is not built). While the
+    session runs, processes started by the tests preload no_populate_shim (LD_PRELOAD), so that the servers they
+    start fault in only the model pages they touch: same buffers and logs, a fraction of the memory."""
+    binary = pinned_binary()
+    shim = no_populate_shim(tmp_path_factory.mktemp("shim"))
+    before = os.environ.get("LD_PRELOAD")
+    if shim:
+        os.environ["LD_PRELOAD"] = f"{shim} {before}" if before else shim
+    yield binary
+    if before is None:
+        os.environ.pop("LD_PRELOAD", None)
+    else:
+        os.environ["LD_PRELOAD"] = before
 
 
 @pytest.fixture(scope="session")

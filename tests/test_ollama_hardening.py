@@ -14,6 +14,8 @@ from autoctx.runtimes.ollama.store import OllamaModelError, check_manifest, find
 from .test_ollama_run import autoctx, creates, env, ollama  # noqa: F401  (fixtures)
 from .test_ollama_store import GEMMA_SHA256, store  # noqa: F401
 
+pytestmark = pytest.mark.slow  # ~110 cases of `autoctx run`/`modelfile` against bad servers: ~40 CPU s
+
 RUN = ("run", "--device", "cpu", "--free", "cpu=2GiB")
 NAME_FORMS = "(model, model:tag, ns/model:tag, host/ns/model:tag)"
 MANIFEST = "manifests/registry.ollama.ai/library/gemma3/270m"
