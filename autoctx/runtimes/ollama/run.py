@@ -1,4 +1,5 @@
-"""`autoctx run`: plan for the Ollama server's real settings, create the derived model, load, verify, then run it.
+"""The steps of `autoctx run` that the Ollama runtime (runtime.py) is made of: create the derived model, load it,
+compare /api/ps with the plan, read the runner's memory for the profile; pull and evict before planning.
 
 The derived model (`<model>-autoctx`, or --name) holds `num_ctx` (and `num_gpu` when partial) as Modelfile
 parameters, created with the real `ollama` Python client (`Client.create(from_=..., parameters=...)`). Its license
