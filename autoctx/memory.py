@@ -712,13 +712,26 @@ _ATTN_EXTRA_KV = {"gemma2": 3, "gemma3": 3, "gemma3n": 3, "cohere2": 2, "command
 _FFN_EXTRA_E = {"cohere2": 1, "command-r": 1, "llama4": 1}  # llama4: the MoE output lives while the shared expert runs
 
 
+def _moe_down_on_top(spec: ModelSpec) -> bool:
+    """Whether the routed experts' down projection grows the buffer past the ffn_moe peak (src/llama-graph.cpp
+    build_moe_ffn): up and gate ([n_ff_exp, n_used, T] each, or one fused gate_up of twice that) are freed by the
+    activation (ggml_swiglu_split/geglu_split, not in place), which stays alive as the input of the down mul_mat_id;
+    the down output [n_embd, n_used, T] then takes the best-fitting free block (ggml-alloc.c ggml_dyn_tallocr_alloc).
+    The gate/up hole holds it when n_embd <= 2·n_ff_exp (Mixtral, gpt-oss, DeepSeek, LFM2, Llama 4); otherwise it is
+    allocated above the activation and the ffn_moe set (qwen3moe 2048 vs 768, qwen35moe 2048 vs 512, Gemma 4
+    26B-A4B 2816 vs 704: traced with GGML_ALLOCATOR_DEBUG, the down output is the allocation that sets the buffer's
+    size). The weighting ggml_mul is then done in place in it, and the per-expert adds into one [n_embd, T] row."""
+    return spec.n_embd > 2 * spec.n_ff_exp
+
+
 def compute_peak_floats(spec: ModelSpec, n_kv: int, n_tokens: int, n_outputs: int, flash_attn: bool) -> dict[str, int]:
     """Candidate peaks of the prompt-processing graph, in f32 elements (the buffer is 4 × the largest + inputs).
 
     Each term is a set of tensors that ggml-alloc keeps alive together (src/llama-graph.cpp, src/models/*.cpp):
       ffn:     gate, up and the activated product [n_ff, T] plus ~5 rows of n_embd (residual, normed input,
                output, the next residual) — 3·F + 5·E per token; MoE: F = expert width × experts used.
-      moe:     the routed experts' outputs before the weighted sum, [n_embd, n_used, T] twice, plus 6·E.
+      moe:     the down projection's output [n_embd, n_used, T] on top of the ffn_moe set, when it does not fit the
+               block its gate and up outputs free (n_embd > 2 × expert width; _moe_down_on_top).
       attn:    without flash attention the scores KQ [n_kv, T, n_head] f32, plus Q, K, V, output and residual
                rows (3·Q + 3·E + 2·KV per token); MLA attends in the latent space (3·n_head·kv_lora + 3·E).
                With flash attention the scores are never materialised and this term is small.
@@ -739,7 +752,8 @@ def compute_peak_floats(spec: ModelSpec, n_kv: int, n_tokens: int, n_outputs: in
         peaks["ffn"] = T * (3 * max(dense_ff) + 5 * E + ffn_extra)
     if spec.is_moe:
         peaks["ffn_moe"] = T * (3 * spec.n_ff_exp * spec.n_expert_used + 5 * E + ffn_extra)
-        peaks["moe"] = T * (2 * E * spec.n_expert_used + 6 * E)
+        if _moe_down_on_top(spec):
+            peaks["moe"] = peaks["ffn_moe"] + T * E * spec.n_expert_used
     if spec.is_mla:
         rows = 3 * H * Dv + 3 * E
     else:

@@ -82,6 +82,13 @@ NEW_ARCH_CASES: list[tuple[str, list[str]]] = [
     ("llama-4-scout", ["-c", "16384", "-np", "1"]),
     ("llama-4-scout", ["-c", "32768", "-np", "2", "-ctk", "q8_0", "-ctv", "q8_0"]),
     ("mistral-small-3.2-24b", ["-c", "16384", "-np", "2"]),  # mistral3: Mistral Small 3.x's text model
+    # qwen35moe: 30 Gated DeltaNet + 10 attention blocks + MTP, 256 experts (8 of 512) + a gated shared expert;
+    # its experts' down output (2048 wide) does not fit their freed gate/up block (2 × 512): the MoE peak
+    ("qwen3.5-35b-a3b", ["-c", "16384", "-np", "2"]),
+    ("qwen3.5-35b-a3b", ["-c", "32768", "-np", "1", "-ctk", "q8_0", "-ctv", "q8_0"]),
+    # gemma4 MoE: a dense FFN beside 128 experts (8 of 704, fused gate_up) on every layer, 25 SWA + 5 full layers
+    ("gemma-4-26b-a4b", ["-c", "16384", "-np", "1"]),
+    ("gemma-4-26b-a4b", ["-c", "32768", "-np", "2", "-ctk", "q8_0", "-ctv", "q8_0"]),
 ]
 
 
