@@ -30,6 +30,12 @@ def published_bytes(size: str) -> tuple[float, float]:
     return float(f"{m[1]}.{m[2] or 0}") * unit, 0.5 * unit / 10**decimals
 
 
+def test_at_least_25_tags_ship():
+    """Issue 13 item 3: at least 25 of the tags people pull, among them the default llama3.2 (3B)."""
+    assert len(PROFILES) >= 25
+    assert "llama3.2:3b" in SIZED
+
+
 def test_sized_profiles_cite_their_sources():
     assert len(SIZED) >= 12
     for tag in SIZED:
