@@ -70,15 +70,16 @@ def pytest_report_header(config):
 
 
 # `slow` besides the ones marked in their files (the CLI fuzz, the bounded GGUF fuzz, the Ollama hardening cases, the
-# wheel install, the held-out calibration): each took over 0.5 CPU s (with its subprocesses) on the 2-core machine,
-# most of it starting `python -m autoctx.cli` and reading Gemma's 262k-token vocabulary. Named here, by file and
-# function (every parameter), so that the list stays in one place; a name that matches nothing is an error.
+# wheel install, the held-out calibration): tests that took over 0.5 CPU s (with their subprocesses) on the 2-core
+# machine, most of it starting `python -m autoctx.cli` and reading Gemma's 262k-token vocabulary, and the
+# bad-input-is-one-line cases run one CLI process each (test_cli_fuzz covers every command's). Named here, by file
+# and function (every parameter), so that the list stays in one place; a name that matches nothing is an error.
 SLOW = {
-    "test_bad_gguf.py": ["test_header_at_every_limit_is_bounded"],
+    "test_bad_gguf.py": ["test_header_at_every_limit_is_bounded", "test_bad_model_is_one_error_line"],
     "test_calibration_scripts.py": ["test_a_carried_header_becomes_the_same_gguf"],
-    "test_cli.py": ["test_plan_json_and_svg_chart"],
+    "test_cli.py": ["test_plan_json_and_svg_chart", "test_bad_input_is_one_line_and_nonzero", "test_plan_bad_input"],
     "test_extras.py": ["test_cli_bad_files_one_line"],
-    "test_fuzz_gguf.py": ["test_same_seed_same_cases"],
+    "test_fuzz_gguf.py": ["test_same_seed_same_cases", "test_the_worker_catches"],
     "test_lifetime.py": ["test_fifty_launches_leak_no_descriptor_and_no_log"],
     "test_memory.py": ["test_compute_buffer_matches_measured_points"],
     "test_ollama_run.py": [  # test_run_creates_the_derived_model_and_execs_ollama stays in the fast loop
@@ -88,8 +89,10 @@ SLOW = {
         "test_never_overwrites_a_model_autoctx_did_not_make", "test_bad_situations_are_one_line",
         "test_modelfile_command_and_the_q8_suggestion"],
     "test_ollama_store.py": ["test_every_shipped_profile_plans_before_pull"],
+    "test_overrides.py": ["test_bad_overrides_are_one_line"],
     "test_planner.py": ["test_layer_search_property_against_brute_force"],
     "test_profiles.py": ["test_two_processes_updating_one_profile_lose_no_update"],
+    "test_rpc_plan.py": ["test_bad_rpc_flags_are_one_line"],
     "test_shapes.py": ["test_written_header_round_trips"],
 }
 
