@@ -90,9 +90,11 @@ def runs(tmp_path_factory, gemma_path):
     """Every case of CASES run once, four at a time (each a CLI process and its stand-in servers): {name: (the
     CompletedProcess, launches, its folder)}."""
 
+    folders = {name: tmp_path_factory.mktemp(name) for name in CASES}  # here: mktemp is not thread-safe
+
     def one(name):
         command, args, server_args, env = CASES[name]
-        folder = tmp_path_factory.mktemp(name)
+        folder = folders[name]
         r = subprocess.run(cli_argv(gemma_path, command, args, server_args), capture_output=True, text=True,
                            env=stand_in_env(folder, env), timeout=120)
         return r, launches(folder), folder
