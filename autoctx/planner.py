@@ -157,10 +157,11 @@ class _Search:
         # the expert lever (--n-cpu-moe N): a MoE model with GPUs, for llama-server (an Ollama Modelfile has no such
         # parameter), unless the user placed tensors themselves
         self.moe = bool(spec.is_moe and self.gpus and opts.runtime == "llamacpp" and not opts.tensor_overrides)
-        self._weights: dict[tuple[int, int], tuple[int, int, dict[str, int]]] = {}  # placement_weights memo
+        self._weights: dict[tuple[int, int, bool], tuple[int, int, dict[str, int]]] = {}  # placement_weights memo
         # several devices for llama-server, no tensors placed by the user: -ts per placement (split)
         self.balance = bool(split and opts.runtime == "llamacpp" and not opts.tensor_overrides)
         self._splits: dict[tuple[int, int], tuple[float, ...] | None] = {}
+        self._rooms: dict[int, list[int] | None] = {}  # _room memo
 
     def params(self, ctx: int, kv: tuple[str, str], ngl: int, n_cpu_moe: int = 0, balanced: bool = True) -> Params:
         fa = self.opts.flash_attn
@@ -174,6 +175,20 @@ class _Search:
                     op_offload=self.base.op_offload and (ngl > 0 or not self.gpus),
                     tensor_overrides=self.base.tensor_overrides + moe)
         return replace(p, tensor_split=self.split(ngl, n_cpu_moe)) if balanced and self.balance else p
+
+    def _room(self, ngl: int) -> list[int] | None:
+        """Each device's usable bytes less its buffers other than weights and KV (compute, output), from one estimate
+        per layer count (the proportional split, every expert on the devices, --min-ctx f16); None when llama.cpp
+        would refuse it. The split only needs them roughly: every plan is checked with its own estimate."""
+        if ngl not in self._rooms:
+            try:
+                est = estimate(self.spec, self.params(self.opts.min_ctx or 4096, ("f16", "f16"), ngl, 0,
+                                                      balanced=False), self.weights, self.opts.extras)
+                self._rooms[ngl] = [b.usable - (est.device_bytes(b.device) - est.kind_bytes("model", b.device)
+                                                - est.kind_bytes("kv", b.device)) for b in self.gpus]
+            except AutoctxError:
+                self._rooms[ngl] = None
+        return self._rooms[ngl]
 
     def split(self, ngl: int, n_cpu_moe: int) -> tuple[float, ...] | None:
         """-ts for a placement on several devices: whole layers per device (llama.cpp's split of the offloaded
@@ -190,9 +205,8 @@ class _Search:
         spec, n_all = self.spec, self.spec.n_layer
         act, first = min(ngl, n_all + 1), max(n_all + 1 - ngl, 0)
         p = self.params(self.opts.min_ctx or 4096, ("f16", "f16"), ngl, n_cpu_moe, balanced=False)
-        try:
-            est = estimate(spec, p, self.weights, self.opts.extras)
-        except AutoctxError:
+        room = self._room(ngl)
+        if room is None:
             return self.tensor_split
         names = [b.device for b in self.gpus]
         layer_dev, out_dev = layer_devices(spec, p, ngl)
@@ -205,8 +219,6 @@ class _Search:
         for il in range(first, min(n_all, first + act)):
             if spec.has_kv[il] and not spec.is_swa[il]:  # SWA layers' few cells are left to the estimate
                 kv_width[il - first] = spec.n_embd_k_gqa(il) + spec.n_embd_v_gqa(il)
-        room = [b.usable - (est.device_bytes(d) - est.kind_bytes("model", d) - est.kind_bytes("kv", d))
-                for b, d in zip(self.gpus, names)]
 
         def counts(x: float) -> list[int] | None:
             """Greedy: each device in order takes layers while its weights + x per KV width fit its room."""
@@ -241,14 +253,16 @@ class _Search:
         return self.cache[key]
 
     def reads(self, ngl: int, n_cpu_moe: int = 0) -> tuple[int, int]:
-        """token_reads of a placement."""
-        return self.placed(ngl, n_cpu_moe)[:2]
+        """token_reads of a placement (which device holds an offloaded tensor does not change them: the split is
+        not needed, so placements that are only ranked never compute one)."""
+        return self.placed(ngl, n_cpu_moe, balanced=False)[:2]
 
-    def placed(self, ngl: int, n_cpu_moe: int = 0) -> tuple[int, int, dict[str, int]]:
+    def placed(self, ngl: int, n_cpu_moe: int = 0, balanced: bool = True) -> tuple[int, int, dict[str, int]]:
         """placement_weights of a placement (memoised)."""
-        key = (ngl, n_cpu_moe)
+        key = (ngl, n_cpu_moe, balanced and self.balance)
         if key not in self._weights:
-            self._weights[key] = placement_weights(self.spec, self.params(256, ("f16", "f16"), ngl, n_cpu_moe))
+            self._weights[key] = placement_weights(self.spec, self.params(256, ("f16", "f16"), ngl, n_cpu_moe,
+                                                                          balanced=balanced))
         return self._weights[key]
 
     def placements(self, start: int, fewer: bool) -> list[tuple[int, int]]:
