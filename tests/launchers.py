@@ -3,6 +3,8 @@ arguments on the first launch only (e.g. a context no machine can hold), to prov
 
 from __future__ import annotations
 
+import signal
+
 from autoctx.runtimes.llamacpp.server import LlamaServer
 
 
@@ -16,3 +18,10 @@ def first_launch_with(*extra: str):
 
     launch.argvs = argvs
     return launch
+
+
+def sigint_as_a_terminal_gives_it() -> None:
+    """preexec_fn for a CLI the tests signal: the child starts with SIGINT at its default, as from an interactive
+    shell. Under a background job (`make test &`, nohup, some CI runners) it inherits SIG_IGN; Python then installs
+    no KeyboardInterrupt handler, and a program is right to keep ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -50,5 +50,6 @@ def test_shell_completion_completes_commands():
     autoctx = str(Path(sys.executable).parent / "autoctx")  # the console script: completion keys on its name
     r = subprocess.run([autoctx], capture_output=True, text=True, env=env)
     assert r.stdout.split() == ["plan"]
-    script = subprocess.run([autoctx, "--show-completion", "bash"], capture_output=True, text=True).stdout
-    assert "_AUTOCTX_COMPLETE=complete_bash" in script
+    script = subprocess.run([autoctx, "--show-completion", "bash"], capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("_AUTOCTX_")})
+    assert "_AUTOCTX_COMPLETE=complete_bash" in script.stdout, (script.returncode, script.stderr)

@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from autoctx.runtimes.llamacpp.server import LlamaServer
+from tests.launchers import sigint_as_a_terminal_gives_it
 
 
 def fake_server(tmp_path: Path, body: str) -> str:
@@ -57,7 +58,7 @@ def start_cli(args: list[str], tmp_path: Path) -> subprocess.Popen:
     env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"), AUTOCTX_DATA_DIR=str(tmp_path / "data"))
     (tmp_path / "tmp").mkdir(exist_ok=True)
     return subprocess.Popen([sys.executable, "-m", "autoctx.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=sigint_as_a_terminal_gives_it)
 
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from tests.launchers import sigint_as_a_terminal_gives_it
+
 pytestmark = pytest.mark.server
 
 
@@ -209,7 +211,8 @@ def test_a_signal_while_loading_stops_the_real_server(shape_file, env, tmp_path,
     env = dict(env, TMPDIR=str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-m", "autoctx.cli", "serve", model, "--free", "cpu=64GiB", "--check",
                              "--no-profile", "--", "--no-repack", "-c", "4096", "--load-mode", "none"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=sigint_as_a_terminal_gives_it)
     deadline = time.time() + 120
     while not _servers_of(model) and time.time() < deadline:
         time.sleep(0.05)
