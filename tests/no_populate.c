@@ -40,24 +40,28 @@ static void zero_holes(mmap_fn real, char *base, size_t len, int fd, off_t off) 
     }
 }
 
-static void *call(const char *name, void *addr, size_t len, int prot, int flags, int fd, off_t off) {
-    mmap_fn real = (mmap_fn) dlsym(RTLD_NEXT, name);
-    if (fd < 0) {
-        return real(addr, len, prot, flags, fd, off);
+static void *call(mmap_fn *real, const char *name, void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+    if (*real == NULL) {
+        *real = (mmap_fn) dlsym(RTLD_NEXT, name);
     }
-    void *p = real(addr, len, prot, flags & ~MAP_POPULATE, fd, off);
+    if (fd < 0) { /* anonymous memory (every process of the session has this shim): untouched */
+        return (*real)(addr, len, prot, flags, fd, off);
+    }
+    void *p = (*real)(addr, len, prot, flags & ~MAP_POPULATE, fd, off);
     struct stat st;
     if (p != MAP_FAILED && prot == PROT_READ && !(flags & MAP_FIXED) && fstat(fd, &st) == 0 && S_ISREG(st.st_mode)
         && (off_t) st.st_blocks * 512 < st.st_size) { /* fewer blocks than bytes: a sparse file */
-        zero_holes(real, (char *) p, len, fd, off);
+        zero_holes(*real, (char *) p, len, fd, off);
     }
     return p;
 }
 
+static mmap_fn real_mmap, real_mmap64;
+
 void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
-    return call("mmap", addr, len, prot, flags, fd, off);
+    return call(&real_mmap, "mmap", addr, len, prot, flags, fd, off);
 }
 
 void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
-    return call("mmap64", addr, len, prot, flags, fd, off);
+    return call(&real_mmap64, "mmap64", addr, len, prot, flags, fd, off);
 }
