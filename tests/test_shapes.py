@@ -43,6 +43,7 @@ EXPECTED = {
     "gemma-3-27b": (808, 16539843584),
     "qwen2.5-0.5b": (290, 391859712),  # tied embedding, n_embd 896: Q8_0 fallbacks
     "llama-3.2-1b": (147, 799862912),  # tied embedding
+    "llama-3.2-3b": (255, 2011539712),  # tied embedding; the llama3.2:3b tag
     "lfm2-350m": (148, 226925568),  # lfm2: 10 short-conv + 6 attention blocks, tied
     "lfm2-8b-a1b": (256, 5042386688),  # lfm2moe
     "deepseek-r1-1.5b": (339, 1111370240),
