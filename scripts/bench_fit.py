@@ -126,6 +126,14 @@ def fit_choice(fit_params: str, model: str, rpc: str, common: list[str], target:
     return chosen, parse_server_args(["--rpc", rpc, *common, *chosen], base=Params(fit=False)).params
 
 
+def both_tools(fit_params: str, spec, rpc: str, common: list[str], target: str, budgets, flag: str = "") -> list:
+    """[(tool, its flags or None, their Params)]: llama-fit-params' choice for the -fitt targets, then autoctx's plan
+    for the budgets (`flag`: how its row is named after `autoctx plan`)."""
+    pl = plan(spec, budgets, PlanOptions(repack=False))
+    return [("llama-fit-params", *fit_choice(fit_params, spec.path, rpc, common, target)),
+            (f"autoctx plan{flag}", fit_args(plan_args(pl)[2:]), pl.params)]
+
+
 def rpc_projection(fit_params: str, model: str, eps: list[str], args: list[str]) -> list[int]:
     """llama.cpp's own projection of RPC0 and RPC1 (model + context + compute, MiB each) for these arguments."""
     out = subprocess.run([fit_params, "-m", model, "--rpc", ",".join(eps), *args, "-fitp", "on"], capture_output=True,
@@ -156,11 +164,9 @@ def rpc_side_by_side(cases, server: str, fit_params: str, eps: list[str], free: 
             spec = load_spec(path)
             usable = (gpu - 1) * GiB
             target = str((free - usable) // MiB)
-            rows = [("llama-fit-params", *fit_choice(fit_params, path, ",".join(eps), common, f"{target},{target}"))]
             budgets = budgets_from([f"{ep}={gpu}GiB" for ep in eps] + ["cpu=64GiB"], "",
                                    [f"{ep}=1GiB" for ep in eps], rpc=",".join(eps), llama_server=server)
-            pl = plan(spec, budgets, PlanOptions(repack=False))
-            rows.append(("autoctx plan --rpc", fit_args(plan_args(pl)[2:]), pl.params))
+            rows = both_tools(fit_params, spec, ",".join(eps), common, f"{target},{target}", budgets, " --rpc")
             for tool, args, p in rows:
                 if args is None:
                     print(f"| {name} | 2 × {gpu} GiB | {tool} | failed to fit | | | | | | |", flush=True)
@@ -216,10 +222,8 @@ def main() -> int:
                 usable = (gpu - 1) * GiB
                 device = Device("RPC0", free)
                 common = ["-np", "1", "-b", "2048", "-ub", "512"]
-                rows = [("llama-fit-params", *fit_choice(fit_params, path, ep, common, str((free - usable) // MiB)))]
                 budgets = [Budget("RPC0", free, free - usable), Budget("CPU", 64 * GiB, GiB)]
-                pl = plan(spec, budgets, PlanOptions(repack=False))
-                rows.append(("autoctx plan", fit_args(plan_args(pl)[2:]), pl.params))
+                rows = both_tools(fit_params, spec, ep, common, str((free - usable) // MiB), budgets)
                 for tool, args, p in rows:
                     if args is None:
                         print(f"| {name} | {gpu} GiB | {tool} | failed to fit | | | | | | |", flush=True)
