@@ -17,6 +17,8 @@ import psutil
 
 from autoctx.runtimes.llamacpp.server import free_port
 
+MiB = 1024 * 1024
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -73,3 +75,36 @@ def orphans(pids: list[int]) -> list[str]:
         except psutil.NoSuchProcess:
             continue
     return out
+
+
+def load_on_workers(llama_server: str, path: str, endpoints: list[str], args: list[str], timeout: float,
+                    every_device_used: bool = True):
+    """Load `path` with `--rpc ENDPOINTS ARGS --fit off` in the real llama-server until it has allocated, and
+    estimate the same argv with each device's free memory as the log gives it (the default split follows it) ->
+    (Estimate, Measurement, argv). `every_device_used`: each listed device must appear in the log's device list."""
+    from dataclasses import replace
+
+    from autoctx.memory import estimate
+    from autoctx.model import load_spec
+    from autoctx.runtimes.llamacpp.args import parse_server_args
+    from autoctx.runtimes.llamacpp.launch import measure_allocation
+    from autoctx.runtimes.llamacpp.server import last_lines
+
+    argv = ["--rpc", ",".join(endpoints), *args, "--fit", "off"]
+    m = measure_allocation(llama_server, ["-m", path, *argv], timeout=timeout)
+    assert m.ready, last_lines(m.log_text, 30)
+    p = parse_server_args(argv).params
+    free = {d.name: d.free_bytes for d in m.log.devices_used}
+    p = replace(p, devices=tuple(replace(d, free_bytes=free[d.name] if every_device_used else free.get(d.name))
+                                 for d in p.devices))
+    return estimate(load_spec(path), p), m, argv
+
+
+def printed(m, kind: str) -> list[tuple[str, str, float]]:
+    """The buffers of `kind` llama-server printed: (device, buffer name, MiB), sorted."""
+    return sorted((b.device, b.name, b.mib) for b in m.log.buffers if b.kind == kind)
+
+
+def predicted(est, kind: str) -> list[tuple[str, str, float]]:
+    """The estimate's buffers of `kind` as llama-server prints them (MiB to 0.01), sorted."""
+    return sorted((b.device, b.name, round(b.bytes / MiB, 2)) for b in est.buffers if b.kind == kind)

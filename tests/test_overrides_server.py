@@ -15,10 +15,7 @@ from dataclasses import replace
 import pytest
 
 from autoctx.memory import estimate, tensor_devices
-from autoctx.model import load_spec
-from autoctx.runtimes.llamacpp.args import parse_server_args
-from autoctx.runtimes.llamacpp.launch import measure_allocation
-from autoctx.runtimes.llamacpp.server import last_lines
+from tests.rpc_workers import load_on_workers, predicted, printed
 
 MiB = 1024 * 1024
 SHAPE = ["--no-repack", "--no-warmup"]
@@ -53,27 +50,12 @@ def run_case(rpc_endpoints, llama_server, shape_file):
     def run(case_id: str):
         if case_id not in done:
             _, model, args = CASES[CASE_IDS.index(case_id)]
-            path = shape_file(model)
             names = [f"RPC0[{ep}]" for ep in rpc_endpoints]
             args = [a.replace("@0", names[0]).replace("@1", names[1]) for a in args]
-            argv = ["--rpc", ",".join(rpc_endpoints), *args, "--fit", "off"]
-            m = measure_allocation(llama_server, ["-m", path, *argv], timeout=600)
-            assert m.ready, last_lines(m.log_text, 30)
-            p = parse_server_args(argv).params
-            free = {d.name: d.free_bytes for d in m.log.devices_used}  # the default split follows free memory
-            p = replace(p, devices=tuple(replace(d, free_bytes=free[d.name]) for d in p.devices))
-            done[case_id] = (estimate(load_spec(path), p), m)
+            done[case_id] = load_on_workers(llama_server, shape_file(model), rpc_endpoints, args, timeout=600)[:2]
         return done[case_id]
 
     return run
-
-
-def _printed(m, kind: str) -> list[tuple[str, str, float]]:
-    return sorted((b.device, b.name, b.mib) for b in m.log.buffers if b.kind == kind)
-
-
-def _predicted(est, kind: str) -> list[tuple[str, str, float]]:
-    return sorted((b.device, b.name, round(b.bytes / MiB, 2)) for b in est.buffers if b.kind == kind)
 
 
 @pytest.mark.server
@@ -82,9 +64,9 @@ def test_override_buffers_exact(run_case, case_id):
     """Every model, KV and output buffer llama-server prints, by device and buffer name, to the 0.01 MiB it prints."""
     est, m = run_case(case_id)
     assert m.log.offloaded == (est.n_gpu_layers, est.spec.n_layer + 1)
-    assert _predicted(est, "model") == _printed(m, "model")
-    assert _predicted(est, "kv") == _printed(m, "kv")
-    assert _predicted(est, "output") == _printed(m, "output")
+    assert predicted(est, "model") == printed(m, "model")
+    assert predicted(est, "kv") == printed(m, "kv")
+    assert predicted(est, "output") == printed(m, "output")
 
 
 def _model(est) -> dict[str, int]:

@@ -22,10 +22,7 @@ from pathlib import Path
 import pytest
 
 from autoctx.memory import CPU, estimate, pipeline_parallel
-from autoctx.model import load_spec
-from autoctx.runtimes.llamacpp.args import parse_server_args
-from autoctx.runtimes.llamacpp.launch import measure_allocation
-from autoctx.runtimes.llamacpp.server import last_lines
+from tests.rpc_workers import load_on_workers, predicted, printed
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -79,25 +76,12 @@ def rpc_run(rpc_endpoints, llama_server, gemma_path, shape_file):
         if case_id not in done:
             _, model, args = CASES[CASE_IDS.index(case_id)]
             path = gemma_path if model == "gemma" else shape_file(model)
-            argv = ["--rpc", ",".join(rpc_endpoints), *args, "--fit", "off"]
-            m = measure_allocation(llama_server, ["-m", path, *argv], timeout=300)
-            assert m.ready, last_lines(m.log_text, 30)
-            p = parse_server_args(argv).params
-            # the default split follows each device's free memory when the model loads: the log says it
-            free = {d.name: d.free_bytes for d in m.log.devices_used}
-            p = replace(p, devices=tuple(replace(d, free_bytes=free.get(d.name)) for d in p.devices))
-            done[case_id] = (estimate(load_spec(path), p), m, argv, path)
+            # with -sm none only the main device is in the log's device list
+            done[case_id] = (*load_on_workers(llama_server, path, rpc_endpoints, args, timeout=300,
+                                              every_device_used=False), path)
         return done[case_id]
 
     return run
-
-
-def _printed(m, kind: str) -> list[tuple[str, str, float]]:
-    return sorted((b.device, b.name, b.mib) for b in m.log.buffers if b.kind == kind)
-
-
-def _predicted(est, kind: str) -> list[tuple[str, str, float]]:
-    return sorted((b.device, b.name, round(b.bytes / MiB, 2)) for b in est.buffers if b.kind == kind)
 
 
 @pytest.mark.server
@@ -112,9 +96,9 @@ def test_rpc_buffers_exact(rpc_run, rpc_endpoints, case_id):
         used = used[:1]
     assert [(d.name, d.description) for d in log.devices_used] == used
     assert log.offloaded == (est.n_gpu_layers, est.spec.n_layer + 1)
-    assert _predicted(est, "model") == _printed(m, "model")
-    assert _predicted(est, "kv") == _printed(m, "kv")
-    assert _predicted(est, "output") == _printed(m, "output")
+    assert predicted(est, "model") == printed(m, "model")
+    assert predicted(est, "kv") == printed(m, "kv")
+    assert predicted(est, "output") == printed(m, "output")
     assert [c.cells for c in log.kv_caches] == ([est.kv_cells, est.swa_cells] if est.swa_cells else [est.kv_cells])
     assert int(log.cparams["n_ctx"]) == est.n_ctx
 
