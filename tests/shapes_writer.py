@@ -144,3 +144,18 @@ def write_sparse(writer: Any, tensors: list[tuple[str, tuple[int, ...], int]], p
         raise
     return path
 
+
+
+def write_bare_header(path: Path, arch: str, n_ctx: int) -> Path:
+    """A GGUF with only an architecture name, 2 blocks and a context length, and no tensors: what an architecture
+    check reads before anything else."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(2)
+    w.add_context_length(n_ctx)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

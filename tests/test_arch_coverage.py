@@ -70,16 +70,9 @@ def test_each_unmodelled_architecture_is_one_line(arch):
 
 
 def test_plan_refuses_an_unmodelled_architecture_in_one_line(tmp_path):
-    import gguf
+    from tests.shapes_writer import write_bare_header
 
-    path = tmp_path / "dsa.gguf"
-    w = gguf.GGUFWriter(str(path), "deepseek32")
-    w.add_block_count(2)
-    w.add_context_length(4096)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    path = write_bare_header(tmp_path / "dsa.gguf", "deepseek32", 4096)
     r = subprocess.run([sys.executable, "-m", "autoctx.cli", "plan", str(path), "--device", "cpu"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode != 0 and r.stdout == ""

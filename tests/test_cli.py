@@ -66,16 +66,9 @@ def test_bad_input_is_one_line_and_nonzero(gemma_path, args, message, code):
 
 
 def test_unsupported_architecture_names_it(tmp_path):
-    import gguf
+    from tests.shapes_writer import write_bare_header
 
-    path = tmp_path / "weird.gguf"
-    w = gguf.GGUFWriter(str(path), "frobnet")
-    w.add_block_count(2)
-    w.add_context_length(1024)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    path = write_bare_header(tmp_path / "weird.gguf", "frobnet", 1024)
     r = autoctx("estimate", str(path))
     assert r.returncode == 1
     assert "architecture 'frobnet' is not supported" in r.stderr
