@@ -202,21 +202,21 @@ class _Search:
         if key in self._splits:
             return self._splits[key]
         self._splits[key] = self.tensor_split
-        spec, n_all = self.spec, self.spec.n_layer
-        act, first = min(ngl, n_all + 1), max(n_all + 1 - ngl, 0)
-        p = self.params(self.opts.min_ctx or 4096, ("f16", "f16"), ngl, n_cpu_moe, balanced=False)
-        room = self._room(ngl)
+        room = self._room(ngl) if ngl > 0 else None  # no layer offloaded: nothing to split
         if room is None:
             return self.tensor_split
+        spec, n_all = self.spec, self.spec.n_layer
+        first = max(n_all + 1 - ngl, 0)  # the offloaded slots: blocks first..n_all-1, then the output layer
+        p = self.params(256, ("f16", "f16"), ngl, n_cpu_moe, balanced=False)
         names = [b.device for b in self.gpus]
         layer_dev, out_dev = layer_devices(spec, p, ngl)
-        held, kv_width = [0] * act, [0] * act  # per offloaded slot (blocks from `first`, then the output layer)
+        held, kv_width = [0] * (n_all + 1 - first), [0] * (n_all + 1 - first)
         for t, li, dev in zip(spec.tensors, spec.tensor_layer, tensor_devices(spec, p, layer_dev, out_dev)):
-            if dev in names and first <= li <= n_all and li - first < act:
+            if dev in names and first <= li <= n_all:
                 held[li - first] += t.nbytes
-        if spec.tied_output and first + act == n_all + 1:  # the output layer's copy of token_embd (model_buffers)
+        if spec.tied_output:  # the output layer's copy of token_embd (model_buffers)
             held[-1] += next((t.nbytes for t in spec.tensors if t.name == "token_embd.weight"), 0)
-        for il in range(first, min(n_all, first + act)):
+        for il in range(first, n_all):
             if spec.has_kv[il] and not spec.is_swa[il]:  # SWA layers' few cells are left to the estimate
                 kv_width[il - first] = spec.n_embd_k_gqa(il) + spec.n_embd_v_gqa(il)
 
