@@ -18,7 +18,7 @@ import pytest
 from autoctx.planner import Budget, plan
 from autoctx.probe.devices import DeviceInfo, NvmlBackend, probe
 from autoctx.runtimes.ollama.memory import MiB, predicted_ps_sizes, ps_sizes
-from autoctx.runtimes.ollama.run import LoadCheck, loaded_memory, record_load, runner_memory
+from autoctx.runtimes.ollama.run import LoadCheck, loaded_memory, runner_memory
 
 from .fake_ollama import FakeOllama
 from .test_ollama_run import autoctx
@@ -177,7 +177,10 @@ def test_each_gpu_is_measured_by_what_the_runner_holds_there(split_plan, tmp_pat
     assert notes == []
     profiles = ProfileStore(tmp_path / "profiles")
     key = ProfileKey("ab" * 32, "2x RTX 4090", "550", "ollama 0.32.15")
-    path, _ = record_load(profiles, key, spec, p, check, per_gpu)
+    from autoctx.profiles import Profile
+
+    _, path = profiles.record(Profile(key, spec.path, spec.name, spec.architecture),  # as loop.closed_loop does
+                              {**p.as_dict(), "runtime": "ollama"}, predicted, measured)
     prof = tomllib.loads(open(path).read())
     assert prof["measured"]["CUDA1"] == {"total": 6 * GiB}  # not 0, and CUDA0 does not get all 16 GiB
     assert prof["correction"]["CUDA0"]["total"] == 10 * GiB - p.estimate.device_bytes("CUDA0")

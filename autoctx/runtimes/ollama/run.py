@@ -168,17 +168,6 @@ def loaded_memory(spec, p: Plan, check: LoadCheck, per_gpu: dict[str, int] | Non
     return predicted, measured, notes
 
 
-def record_load(store, key, spec, p: Plan, check: LoadCheck, per_gpu: dict[str, int] | None = None
-                ) -> tuple[str, list[str]]:
-    """Save what the load took against the plan (see loaded_memory); returns the profile's path and notes."""
-    from ...profiles import Profile
-
-    predicted, measured, notes = loaded_memory(spec, p, check, per_gpu)
-    _, path = store.record(Profile(key, spec.path, spec.name, spec.architecture), {**p.as_dict(), "runtime": "ollama"},
-                           predicted, measured)  # re-read and learned under the profile's lock
-    return str(path), notes
-
-
 @dataclass
 class RunnerMemory:
     per_gpu: dict[str, int]  # device → bytes the model's runner process holds there (empty: unknown)
